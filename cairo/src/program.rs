@@ -1,0 +1,47 @@
+//! The compiled map program and the values a verifier pins about it.
+
+use std::sync::OnceLock;
+
+use cairo_air::utils::encode_and_hash_memory_section;
+use cairo_vm::types::program::Program;
+
+use crate::encoding::Digest;
+
+/// `cairo-compile --proof_mode --no_debug_info` output of `programs/map.cairo`.
+pub const MAP_PROGRAM_JSON: &[u8] = include_bytes!("../programs/map.json");
+
+/// Loads the map program once per process.
+pub fn map_program() -> &'static Program {
+    static PROGRAM: OnceLock<Program> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        // The file is compiled into the binary and checked by tests: failing here is a build bug.
+        #[allow(clippy::expect_used)]
+        Program::from_bytes(MAP_PROGRAM_JSON, Some("main")).expect("embedded map program parses")
+    })
+}
+
+/// Blake2s hash of the program's bytecode as it appears in a proof's public memory (the hash
+/// stwo-cairo's verifier output reports), computed from the embedded program.
+pub fn map_program_hash() -> Digest {
+    static HASH: OnceLock<Digest> = OnceLock::new();
+    *HASH.get_or_init(|| {
+        let section: Vec<(u32, [u32; 8])> = map_program()
+            .iter_data()
+            .map(|v| {
+                let felt = v.get_int_ref().copied().unwrap_or_default();
+                (0, felt_to_limbs(&felt))
+            })
+            .collect();
+        Digest(encode_and_hash_memory_section(&section))
+    })
+}
+
+/// A field element as 8 little-endian u32 limbs (stwo-cairo's memory value layout).
+pub(crate) fn felt_to_limbs(felt: &cairo_vm::Felt252) -> [u32; 8] {
+    let bytes = felt.to_bytes_le();
+    let mut limbs = [0u32; 8];
+    for (i, chunk) in bytes.chunks_exact(4).enumerate() {
+        limbs[i] = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    limbs
+}

@@ -1,0 +1,102 @@
+//! The binary tile-proof envelope.
+//!
+//! Layout: `b"SSTP"`, a format byte, a profile byte, then the bincode encoding of stwo-cairo's
+//! `CairoProofForRustVerifier` (claim, interaction claim, STARK proof). The public output and the
+//! program's bytecode live in the claim, so nothing in the envelope can disagree with the proof.
+
+use cairo_air::CairoProofForRustVerifier;
+use stwo::core::vcs_lifted::blake2_merkle::Blake2sMerkleHasher;
+
+use crate::encoding::Digest;
+use crate::prove::Profile;
+use crate::verify::VerifyError;
+
+pub(crate) const MAGIC: &[u8; 4] = b"SSTP";
+pub(crate) const ENVELOPE_VERSION: u8 = 1;
+/// Proofs are about 1 MB; anything claiming more than this is rejected before decoding.
+pub const MAX_PROOF_BYTES: u64 = 64 << 20;
+
+pub(crate) type StarkProof = CairoProofForRustVerifier<Blake2sMerkleHasher>;
+
+/// A proof of one map-kernel execution, at a named profile.
+pub struct TileProof {
+    pub profile: Profile,
+    pub(crate) proof: StarkProof,
+}
+
+impl std::fmt::Debug for TileProof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TileProof").field("profile", &self.profile).finish_non_exhaustive()
+    }
+}
+
+impl TileProof {
+    pub(crate) fn new(profile: Profile, proof: StarkProof) -> TileProof {
+        TileProof { profile, proof }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 << 20);
+        out.extend_from_slice(MAGIC);
+        out.push(ENVELOPE_VERSION);
+        out.push(self.profile.code());
+        // Serializing plain data into a Vec cannot fail.
+        #[allow(clippy::expect_used)]
+        bincode::serialize_into(&mut out, &self.proof).expect("in-memory bincode");
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<TileProof, VerifyError> {
+        use bincode::Options;
+        if bytes.len() as u64 > MAX_PROOF_BYTES {
+            return Err(VerifyError::Malformed(format!(
+                "{} bytes is over the {MAX_PROOF_BYTES}-byte proof limit",
+                bytes.len()
+            )));
+        }
+        if bytes.len() < 6 || &bytes[..4] != MAGIC {
+            return Err(VerifyError::Malformed("not a STARKScale tile proof".into()));
+        }
+        if bytes[4] != ENVELOPE_VERSION {
+            return Err(VerifyError::Malformed(format!(
+                "unsupported proof format version {}",
+                bytes[4]
+            )));
+        }
+        let profile = Profile::from_code(bytes[5])
+            .ok_or_else(|| VerifyError::Malformed(format!("unknown profile code {}", bytes[5])))?;
+        // The limit bounds every length prefix, so corrupt lengths cannot make us allocate more
+        // than the input's size; trailing bytes are refused.
+        let proof: StarkProof = bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .with_limit(bytes.len() as u64)
+            .deserialize(&bytes[6..])
+            .map_err(|e| VerifyError::Malformed(format!("cannot decode proof: {e}")))?;
+        Ok(TileProof { profile, proof })
+    }
+
+    /// Public output words, as the proof states them (not yet verified).
+    pub(crate) fn output_words(&self) -> Result<Vec<u32>, VerifyError> {
+        self.proof
+            .claim
+            .public_data
+            .public_memory
+            .output
+            .iter()
+            .map(|(_, limbs)| {
+                if limbs[1..].iter().all(|&l| l == 0) {
+                    Ok(limbs[0])
+                } else {
+                    Err(VerifyError::MalformedOutput("an output cell is not a u32".into()))
+                }
+            })
+            .collect()
+    }
+
+    /// Hash of the bytecode in the proof's public memory.
+    pub(crate) fn program_hash(&self) -> Digest {
+        Digest(cairo_air::utils::encode_and_hash_memory_section(
+            &self.proof.claim.public_data.public_memory.program,
+        ))
+    }
+}

@@ -1,0 +1,492 @@
+//! Integer matrices and vectors, and the two file formats users hand us: JSON arrays and NumPy
+//! `.npy` (little-endian integer dtypes, C order).
+//!
+//! Values are stored as `i64` whatever the dtype, so range checks happen once, at load time,
+//! against the dtype the user declared.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest file we read into memory (an int8 matrix of 1 GiB is ~10^9 inputs).
+pub const MAX_INPUT_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TensorError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is {size} bytes, over the {max}-byte input limit")]
+    TooLarge { path: String, size: u64, max: u64 },
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("invalid .npy file: {0}")]
+    Npy(String),
+    #[error("shape error: {0}")]
+    Shape(String),
+    #[error("value {value} at index {index} is out of range for {dtype}")]
+    OutOfRange {
+        value: i128,
+        index: usize,
+        dtype: Dtype,
+    },
+    #[error("unsupported dtype {0:?} (supported: i8)")]
+    UnsupportedDtype(String),
+}
+
+/// Element type of a matrix or vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    I8,
+}
+
+impl Dtype {
+    pub fn min(self) -> i64 {
+        match self {
+            Dtype::I8 => i8::MIN as i64,
+        }
+    }
+    pub fn max(self) -> i64 {
+        match self {
+            Dtype::I8 => i8::MAX as i64,
+        }
+    }
+    /// Code carried in a tile's public output.
+    pub fn code(self) -> u32 {
+        match self {
+            Dtype::I8 => 1,
+        }
+    }
+    pub fn from_code(code: u32) -> Option<Dtype> {
+        match code {
+            1 => Some(Dtype::I8),
+            _ => None,
+        }
+    }
+    pub fn parse(name: &str) -> Result<Dtype, TensorError> {
+        match name {
+            "i8" | "int8" => Ok(Dtype::I8),
+            other => Err(TensorError::UnsupportedDtype(other.to_string())),
+        }
+    }
+    fn check(self, value: i128, index: usize) -> Result<i64, TensorError> {
+        if value < self.min() as i128 || value > self.max() as i128 {
+            return Err(TensorError::OutOfRange {
+                value,
+                index,
+                dtype: self,
+            });
+        }
+        Ok(value as i64)
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dtype::I8 => f.write_str("i8"),
+        }
+    }
+}
+
+/// A dense row-major integer matrix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matrix {
+    rows: usize,
+    cols: usize,
+    dtype: Dtype,
+    data: Vec<i64>,
+}
+
+impl Matrix {
+    pub fn new(rows: usize, cols: usize, dtype: Dtype, data: Vec<i64>) -> Result<Self, TensorError> {
+        if rows == 0 || cols == 0 {
+            return Err(TensorError::Shape(format!(
+                "a matrix needs at least one row and one column, got {rows}x{cols}"
+            )));
+        }
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(TensorError::Shape(format!(
+                "{rows}x{cols} matrix needs {} values, got {}",
+                rows.saturating_mul(cols),
+                data.len()
+            )));
+        }
+        for (i, &v) in data.iter().enumerate() {
+            dtype.check(v as i128, i)?;
+        }
+        Ok(Matrix {
+            rows,
+            cols,
+            dtype,
+            data,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    pub fn get(&self, row: usize, col: usize) -> i64 {
+        self.data[row * self.cols + col]
+    }
+    pub fn row(&self, row: usize) -> &[i64] {
+        &self.data[row * self.cols..(row + 1) * self.cols]
+    }
+    pub fn data(&self) -> &[i64] {
+        &self.data
+    }
+
+    /// The sub-matrix `[row0, row0 + rows) x [col0, col0 + cols)`, clipped to the matrix.
+    pub fn tile(&self, row0: usize, col0: usize, rows: usize, cols: usize) -> Matrix {
+        let r1 = (row0 + rows).min(self.rows);
+        let c1 = (col0 + cols).min(self.cols);
+        let mut data = Vec::with_capacity((r1 - row0) * (c1 - col0));
+        for r in row0..r1 {
+            data.extend_from_slice(&self.row(r)[col0..c1]);
+        }
+        Matrix {
+            rows: r1 - row0,
+            cols: c1 - col0,
+            dtype: self.dtype,
+            data,
+        }
+    }
+
+    /// y = A x, exactly, in i64.
+    pub fn matvec(&self, x: &Vector) -> Result<Vec<i64>, TensorError> {
+        if x.len() != self.cols {
+            return Err(TensorError::Shape(format!(
+                "matrix has {} columns but x has {} entries",
+                self.cols,
+                x.len()
+            )));
+        }
+        Ok((0..self.rows)
+            .map(|r| self.row(r).iter().zip(x.data()).map(|(a, b)| a * b).sum())
+            .collect())
+    }
+
+    /// Reads a matrix from JSON (an array of equal-length rows) or `.npy` (2-D), by extension.
+    pub fn load(path: &Path, dtype: Dtype) -> Result<Matrix, TensorError> {
+        let bytes = read_limited(path)?;
+        if is_npy(path, &bytes) {
+            let (shape, values) = npy::parse(&bytes, dtype)?;
+            match shape.as_slice() {
+                [r, c] => Matrix::new(*r, *c, dtype, values),
+                other => Err(TensorError::Shape(format!(
+                    "expected a 2-D array, got shape {other:?}"
+                ))),
+            }
+        } else {
+            Matrix::from_json(&bytes, dtype)
+        }
+    }
+
+    pub fn from_json(bytes: &[u8], dtype: Dtype) -> Result<Matrix, TensorError> {
+        let rows: Vec<Vec<i128>> =
+            serde_json::from_slice(bytes).map_err(|e| TensorError::Json(e.to_string()))?;
+        let n_rows = rows.len();
+        let n_cols = rows.first().map_or(0, Vec::len);
+        let mut data = Vec::with_capacity(n_rows * n_cols);
+        for (r, row) in rows.iter().enumerate() {
+            if row.len() != n_cols {
+                return Err(TensorError::Shape(format!(
+                    "row {r} has {} entries, row 0 has {n_cols}",
+                    row.len()
+                )));
+            }
+            for &v in row {
+                data.push(dtype.check(v, data.len())?);
+            }
+        }
+        Matrix::new(n_rows, n_cols, dtype, data)
+    }
+}
+
+/// A dense integer vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vector {
+    dtype: Dtype,
+    data: Vec<i64>,
+}
+
+impl Vector {
+    pub fn new(dtype: Dtype, data: Vec<i64>) -> Result<Self, TensorError> {
+        if data.is_empty() {
+            return Err(TensorError::Shape("a vector needs at least one entry".into()));
+        }
+        for (i, &v) in data.iter().enumerate() {
+            dtype.check(v as i128, i)?;
+        }
+        Ok(Vector { dtype, data })
+    }
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    pub fn data(&self) -> &[i64] {
+        &self.data
+    }
+    /// Entries `[start, start + len)`, clipped to the vector.
+    pub fn block(&self, start: usize, len: usize) -> Vector {
+        let end = (start + len).min(self.data.len());
+        Vector {
+            dtype: self.dtype,
+            data: self.data[start..end].to_vec(),
+        }
+    }
+
+    /// Reads a vector from JSON (an array of integers) or `.npy` (1-D, or 2-D with one column).
+    pub fn load(path: &Path, dtype: Dtype) -> Result<Vector, TensorError> {
+        let bytes = read_limited(path)?;
+        if is_npy(path, &bytes) {
+            let (shape, values) = npy::parse(&bytes, dtype)?;
+            match shape.as_slice() {
+                [_] | [_, 1] => Vector::new(dtype, values),
+                other => Err(TensorError::Shape(format!(
+                    "expected a 1-D array, got shape {other:?}"
+                ))),
+            }
+        } else {
+            Vector::from_json(&bytes, dtype)
+        }
+    }
+
+    pub fn from_json(bytes: &[u8], dtype: Dtype) -> Result<Vector, TensorError> {
+        let values: Vec<i128> =
+            serde_json::from_slice(bytes).map_err(|e| TensorError::Json(e.to_string()))?;
+        let data = values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| dtype.check(v, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        Vector::new(dtype, data)
+    }
+}
+
+fn read_limited(path: &Path) -> Result<Vec<u8>, TensorError> {
+    let io = |source| TensorError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    // Size before reading: a hostile path must not make us allocate without bound.
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > MAX_INPUT_BYTES {
+        return Err(TensorError::TooLarge {
+            path: path.display().to_string(),
+            size,
+            max: MAX_INPUT_BYTES,
+        });
+    }
+    std::fs::read(path).map_err(io)
+}
+
+fn is_npy(path: &Path, bytes: &[u8]) -> bool {
+    path.extension().is_some_and(|e| e == "npy") || bytes.starts_with(npy::MAGIC)
+}
+
+/// The subset of the NumPy format we accept: versions 1-3, little-endian or single-byte integer
+/// dtypes, C order.
+pub mod npy {
+    use super::{Dtype, TensorError};
+
+    pub const MAGIC: &[u8] = b"\x93NUMPY";
+
+    /// Returns (shape, values), each value range-checked against `dtype`.
+    pub fn parse(bytes: &[u8], dtype: Dtype) -> Result<(Vec<usize>, Vec<i64>), TensorError> {
+        let err = |m: &str| TensorError::Npy(m.to_string());
+        if !bytes.starts_with(MAGIC) || bytes.len() < 10 {
+            return Err(err("missing NUMPY magic"));
+        }
+        let major = bytes[6];
+        let (header_len, start) = match major {
+            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+            2 | 3 => {
+                if bytes.len() < 12 {
+                    return Err(err("truncated header"));
+                }
+                (
+                    u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                    12,
+                )
+            }
+            v => return Err(TensorError::Npy(format!("unsupported version {v}"))),
+        };
+        let header = bytes
+            .get(start..start + header_len)
+            .ok_or_else(|| err("truncated header"))?;
+        let header = std::str::from_utf8(header).map_err(|_| err("header is not UTF-8"))?;
+        let descr = dict_value(header, "descr").ok_or_else(|| err("no 'descr' in header"))?;
+        let descr = descr.trim_matches(|c| c == '\'' || c == '"');
+        let fortran = dict_value(header, "fortran_order").ok_or_else(|| err("no 'fortran_order'"))?;
+        if fortran.trim() != "False" {
+            return Err(err("Fortran-ordered arrays are not supported; save with C order"));
+        }
+        let shape = parse_shape(
+            &dict_value(header, "shape").ok_or_else(|| err("no 'shape' in header"))?,
+        )?;
+        let (width, signed) = match descr {
+            "|i1" | "i1" | "<i1" => (1, true),
+            "|u1" | "u1" | "<u1" => (1, false),
+            "<i2" => (2, true),
+            "<u2" => (2, false),
+            "<i4" => (4, true),
+            "<u4" => (4, false),
+            "<i8" => (8, true),
+            "<u8" => (8, false),
+            other => {
+                return Err(TensorError::Npy(format!(
+                    "unsupported dtype '{other}' (little-endian integers only)"
+                )))
+            }
+        };
+        let count = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| err("shape overflows"))?;
+        let body = &bytes[start + header_len..];
+        if Some(body.len()) != count.checked_mul(width) {
+            return Err(TensorError::Npy(format!(
+                "shape {shape:?} needs {} data bytes, file has {}",
+                count.saturating_mul(width),
+                body.len()
+            )));
+        }
+        let mut values = Vec::with_capacity(count);
+        for (i, chunk) in body.chunks_exact(width).enumerate() {
+            let mut buf = [0u8; 8];
+            buf[..width].copy_from_slice(chunk);
+            let raw = u64::from_le_bytes(buf);
+            let v: i128 = if signed {
+                let shift = 64 - 8 * width as u32;
+                (((raw << shift) as i64) >> shift) as i128
+            } else {
+                raw as i128
+            };
+            values.push(dtype.check(v, i)?);
+        }
+        Ok((shape, values))
+    }
+
+    /// Serializes a C-order little-endian int8 array (used by tests and `bench`).
+    pub fn write_i8(shape: &[usize], values: &[i64]) -> Vec<u8> {
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let shape_txt = if dims.len() == 1 {
+            format!("({},)", dims[0])
+        } else {
+            format!("({})", dims.join(", "))
+        };
+        let mut header =
+            format!("{{'descr': '|i1', 'fortran_order': False, 'shape': {shape_txt}, }}");
+        // Header padded with spaces so the data starts on a 64-byte boundary, ending in '\n'.
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = Vec::with_capacity(10 + header.len() + values.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[1, 0]);
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend(values.iter().map(|&v| v as i8 as u8));
+        out
+    }
+
+    fn dict_value(header: &str, key: &str) -> Option<String> {
+        let pos = header.find(&format!("'{key}'"))?;
+        let rest = &header[pos + key.len() + 2..];
+        let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+        if rest.starts_with('(') {
+            let end = rest.find(')')?;
+            Some(rest[..=end].to_string())
+        } else {
+            let end = rest.find([',', '}']).unwrap_or(rest.len());
+            Some(rest[..end].trim().to_string())
+        }
+    }
+
+    fn parse_shape(text: &str) -> Result<Vec<usize>, TensorError> {
+        let inner = text.trim().trim_start_matches('(').trim_end_matches(')');
+        inner
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<usize>()
+                    .map_err(|_| TensorError::Npy(format!("bad shape entry '{s}'")))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_round_trip_and_range() {
+        let values: Vec<i64> = vec![-128, -1, 0, 1, 127, 5];
+        let bytes = npy::write_i8(&[2, 3], &values);
+        let (shape, parsed) = npy::parse(&bytes, Dtype::I8).unwrap();
+        assert_eq!(shape, vec![2, 3]);
+        assert_eq!(parsed, values);
+    }
+
+    #[test]
+    fn npy_rejects_out_of_range_wider_dtype() {
+        // An int16 file with 300 in it: readable, but not as i8.
+        let mut bytes = npy::write_i8(&[1], &[0]);
+        let pos = bytes.windows(4).position(|w| w == b"|i1'").unwrap();
+        bytes[pos..pos + 3].copy_from_slice(b"<i2");
+        bytes.pop();
+        bytes.extend_from_slice(&300i16.to_le_bytes());
+        let err = npy::parse(&bytes, Dtype::I8).unwrap_err();
+        assert!(matches!(err, TensorError::OutOfRange { value: 300, .. }), "{err}");
+    }
+
+    #[test]
+    fn npy_rejects_truncated_data() {
+        let mut bytes = npy::write_i8(&[4, 4], &[1; 16]);
+        bytes.truncate(bytes.len() - 1);
+        assert!(matches!(npy::parse(&bytes, Dtype::I8), Err(TensorError::Npy(_))));
+    }
+
+    #[test]
+    fn json_matrix_checks_shape_and_range() {
+        let m = Matrix::from_json(b"[[1,2],[3,4]]", Dtype::I8).unwrap();
+        assert_eq!((m.rows(), m.cols(), m.get(1, 0)), (2, 2, 3));
+        assert!(matches!(
+            Matrix::from_json(b"[[1,2],[3]]", Dtype::I8),
+            Err(TensorError::Shape(_))
+        ));
+        assert!(matches!(
+            Matrix::from_json(b"[[1,128]]", Dtype::I8),
+            Err(TensorError::OutOfRange { value: 128, .. })
+        ));
+        assert!(matches!(Matrix::from_json(b"[]", Dtype::I8), Err(TensorError::Shape(_))));
+    }
+
+    #[test]
+    fn matvec_and_tiles() {
+        let m = Matrix::new(3, 2, Dtype::I8, vec![1, 2, 3, 4, 5, 6]).unwrap();
+        let x = Vector::new(Dtype::I8, vec![-1, 1]).unwrap();
+        assert_eq!(m.matvec(&x).unwrap(), vec![1, 1, 1]);
+        let t = m.tile(1, 1, 5, 5);
+        assert_eq!((t.rows(), t.cols(), t.data()), (2, 1, &[4i64, 6][..]));
+    }
+}

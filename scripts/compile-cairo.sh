@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Regenerates and recompiles the Cairo programs in cairo/programs/.
+#
+#   scripts/compile-cairo.sh          rewrite map.cairo and map.json
+#   scripts/compile-cairo.sh --check  fail if either differs from the committed file
+#
+# cairo-lang 0.14.0.1 (PyPI) runs from a venv under ~/.cache/starkscale, created on first use.
+# Compiling from the programs directory with --no_debug_info keeps the output byte-for-byte
+# reproducible.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv=${STARKSCALE_CAIRO_VENV:-$HOME/.cache/starkscale/cairo-venv}
+check=false
+[ "${1:-}" = "--check" ] && check=true
+
+if [ ! -x "$venv/bin/cairo-compile" ]; then
+  echo "compile-cairo: installing cairo-lang 0.14.0.1 into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet cairo-lang==0.14.0.1
+fi
+
+cd "$root/cairo/programs"
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+python3 gen_map.py > "$out/map.cairo"
+# Compile a file named like the committed one so nothing path-dependent differs.
+(cd "$out" && "$venv/bin/cairo-compile" --proof_mode --no_debug_info map.cairo --output map.json)
+
+if $check; then
+  status=0
+  for f in map.cairo map.json; do
+    if ! cmp -s "$out/$f" "$f"; then
+      echo "compile-cairo: cairo/programs/$f is stale: run scripts/compile-cairo.sh" >&2
+      status=1
+    fi
+  done
+  exit $status
+fi
+cp "$out/map.cairo" "$out/map.json" .
+echo "compile-cairo: wrote cairo/programs/map.cairo and map.json"

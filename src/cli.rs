@@ -1,0 +1,195 @@
+//! Command-line interface. Each command parses its arguments, calls into the library crates and
+//! prints a short human summary (or JSON with `--json`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use starkscale_cairo::run::DEFAULT_MAX_STEPS;
+use starkscale_cairo::{run_map, verify_tile, Profile, Prover, TileInput};
+use starkscale_common::{Dtype, Matrix, Vector};
+
+use crate::bench;
+
+#[derive(Parser, Debug)]
+#[command(name = "starkscale", version, about = "Verifiable matrix computation, proven tile by tile with stwo")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Prove one tile of y = A x: runs the map kernel and writes a binary proof.
+    ProveTile(ProveTileArgs),
+    /// Verify a tile proof; with --a/--x also check that it commits to those inputs.
+    VerifyTile(VerifyTileArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args, Debug)]
+struct ProveTileArgs {
+    /// A-tile: JSON array of rows, or a 2-D NumPy .npy file (at most 1024 columns).
+    #[arg(long)]
+    a: PathBuf,
+    /// x-block: JSON array, or a 1-D NumPy .npy file.
+    #[arg(long)]
+    x: PathBuf,
+    /// Where to write the proof.
+    #[arg(long)]
+    out: PathBuf,
+    /// Element type of A and x.
+    #[arg(long, default_value = "i8")]
+    dtype: String,
+    /// Row of A where this tile starts (recorded in the proof).
+    #[arg(long, default_value_t = 0)]
+    row0: u32,
+    /// Column of A where this tile starts (recorded in the proof).
+    #[arg(long, default_value_t = 0)]
+    col0: u32,
+    /// Security profile: production (96 bits) or test (28 bits, refused by default).
+    #[arg(long, env = "STARKSCALE_PROFILE", default_value = "production")]
+    profile: String,
+    /// Cairo step budget for the run.
+    #[arg(long, env = "STARKSCALE_MAX_STEPS", default_value_t = DEFAULT_MAX_STEPS)]
+    max_steps: usize,
+}
+
+#[derive(Args, Debug)]
+struct VerifyTileArgs {
+    /// The proof file.
+    proof: PathBuf,
+    /// Also check the proof's A digest against this A-tile.
+    #[arg(long)]
+    a: Option<PathBuf>,
+    /// Also check the proof's x digest against this x-block.
+    #[arg(long)]
+    x: Option<PathBuf>,
+    #[arg(long, default_value = "i8")]
+    dtype: String,
+    /// Accept proofs made at the low-security test profile.
+    #[arg(long)]
+    allow_test_profile: bool,
+    /// Print the verified output as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Prove random tiles and report throughput, memory and proof size.
+    Kernel(bench::KernelArgs),
+}
+
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::ProveTile(args) => prove_tile(args),
+        Command::VerifyTile(args) => verify_tile_cmd(args),
+        Command::Bench(BenchCommand::Kernel(args)) => bench::kernel(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    // Quiet by default: stwo logs every phase at INFO. RUST_LOG=info shows them.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub(crate) fn parse_profile(name: &str) -> Result<Profile> {
+    Profile::parse(name).with_context(|| format!("unknown profile '{name}' (production, test)"))
+}
+
+fn load_tile(a: &Path, x: &Path, dtype: &str, row0: u32, col0: u32) -> Result<TileInput> {
+    let dtype = Dtype::parse(dtype)?;
+    let a = Matrix::load(a, dtype).with_context(|| format!("loading A from {}", a.display()))?;
+    let x = Vector::load(x, dtype).with_context(|| format!("loading x from {}", x.display()))?;
+    Ok(TileInput::new(row0, col0, a, x)?)
+}
+
+fn prove_tile(args: ProveTileArgs) -> Result<()> {
+    let profile = parse_profile(&args.profile)?;
+    let tile = load_tile(&args.a, &args.x, &args.dtype, args.row0, args.col0)?;
+    let (input, stats) = run_map(&tile, args.max_steps).context("running the map kernel")?;
+    eprintln!(
+        "ran {}x{} tile: {} steps in {:.2}s; setting up the prover ({})",
+        tile.rows(),
+        tile.cols(),
+        stats.steps,
+        stats.run_s + stats.adapt_s,
+        profile
+    );
+    let prover = Prover::new(profile);
+    let (proof, prove_s) = prover.prove(input).context("proving the tile")?;
+    let bytes = proof.to_bytes();
+    std::fs::write(&args.out, &bytes)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "proved in {prove_s:.2}s: {} ({} bytes, {} profile)",
+        args.out.display(),
+        bytes.len(),
+        profile.name()
+    );
+    Ok(())
+}
+
+fn verify_tile_cmd(args: VerifyTileArgs) -> Result<()> {
+    let bytes = std::fs::read(&args.proof)
+        .with_context(|| format!("reading {}", args.proof.display()))?;
+    let verified = verify_tile(&bytes, args.allow_test_profile)?;
+    let dtype = Dtype::parse(&args.dtype)?;
+    let a = args
+        .a
+        .as_deref()
+        .map(|p| Matrix::load(p, dtype).with_context(|| format!("loading A from {}", p.display())))
+        .transpose()?;
+    let x = args
+        .x
+        .as_deref()
+        .map(|p| Vector::load(p, dtype).with_context(|| format!("loading x from {}", p.display())))
+        .transpose()?;
+    verified.check_inputs(a.as_ref(), x.as_ref())?;
+    let out = &verified.output;
+    if args.json {
+        let json = serde_json::json!({
+            "profile": verified.profile.name(),
+            "program_hash": verified.program_hash.to_hex(),
+            "fact": verified.fact.to_hex(),
+            "row0": out.row0, "col0": out.col0, "rows": out.rows, "cols": out.cols,
+            "a_digest": out.a_digest.to_hex(), "x_digest": out.x_digest.to_hex(),
+            "inputs_checked": { "a": a.is_some(), "x": x.is_some() },
+            "y": out.y,
+        });
+        println!("{json}");
+    } else {
+        println!(
+            "OK: {}x{} tile at ({}, {}), {} profile, fact {}{}",
+            out.rows,
+            out.cols,
+            out.row0,
+            out.col0,
+            verified.profile,
+            verified.fact,
+            match (a.is_some(), x.is_some()) {
+                (true, true) => ", A and x match",
+                (true, false) => ", A matches",
+                (false, true) => ", x matches",
+                (false, false) => "",
+            }
+        );
+        println!("y = {:?}", out.y);
+    }
+    Ok(())
+}

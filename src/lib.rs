@@ -1,0 +1,9 @@
+//! The `starkscale` command line.
+//!
+//! - [`cli`]: argument parsing and the commands (`prove-tile`, `verify-tile`, `bench kernel`).
+//! - [`bench`]: the kernel benchmark and its JSON report.
+//!
+//! Proving lives in `starkscale-cairo`; input formats in `starkscale-common`.
+
+pub mod bench;
+pub mod cli;
