@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates and recompiles the Cairo programs in cairo/programs/.
 #
-#   scripts/compile-cairo.sh          rewrite map.cairo and map.json
+#   scripts/compile-cairo.sh          rewrite map.cairo, map.json and the test fixture
 #   scripts/compile-cairo.sh --check  fail if either differs from the committed file
 #
 # cairo-lang 0.14.0.1 (PyPI) runs from a venv under ~/.cache/starkscale, created on first use.
@@ -26,16 +26,20 @@ trap 'rm -rf "$out"' EXIT
 python3 gen_map.py > "$out/map.cairo"
 # Compile a file named like the committed one so nothing path-dependent differs.
 (cd "$out" && "$venv/bin/cairo-compile" --proof_mode --no_debug_info map.cairo --output map.json)
+fixtures="$root/cairo/tests/fixtures"
+(cd "$fixtures" && "$venv/bin/cairo-compile" --proof_mode --no_debug_info other.cairo --output "$out/other.json")
 
 if $check; then
   status=0
-  for f in map.cairo map.json; do
-    if ! cmp -s "$out/$f" "$f"; then
-      echo "compile-cairo: cairo/programs/$f is stale: run scripts/compile-cairo.sh" >&2
+  for f in cairo/programs/map.cairo cairo/programs/map.json cairo/tests/fixtures/other.json; do
+    if ! cmp -s "$out/$(basename "$f")" "$root/$f"; then
+      echo "compile-cairo: $f is stale: run scripts/compile-cairo.sh" >&2
       status=1
     fi
   done
+  [ $status = 0 ] && echo "compile-cairo: committed programs are reproducible"
   exit $status
 fi
 cp "$out/map.cairo" "$out/map.json" .
-echo "compile-cairo: wrote cairo/programs/map.cairo and map.json"
+cp "$out/other.json" "$fixtures/"
+echo "compile-cairo: wrote cairo/programs/map.{cairo,json} and cairo/tests/fixtures/other.json"

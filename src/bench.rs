@@ -71,18 +71,24 @@ pub fn kernel(args: KernelArgs) -> Result<()> {
         let a: Vec<i64> = (0..args.rows * args.cols)
             .map(|_| rng.gen_range(dtype.min()..=dtype.max()))
             .collect();
-        let x: Vec<i64> = (0..args.cols).map(|_| rng.gen_range(dtype.min()..=dtype.max())).collect();
+        let x: Vec<i64> = (0..args.cols)
+            .map(|_| rng.gen_range(dtype.min()..=dtype.max()))
+            .collect();
         let a = Matrix::new(args.rows, args.cols, dtype, a)?;
         let x = Vector::new(dtype, x)?;
         let expected = a.matvec(&x)?;
         let tile = TileInput::new(0, 0, a, x)?;
 
-        let (input, stats) = run_map(&tile, DEFAULT_MAX_STEPS)?;
-        let (proof, prove_s) = prover.prove(input)?;
+        let run = run_map(&tile, DEFAULT_MAX_STEPS)?;
+        let stats = run.stats;
+        let (proof, prove_s) = prover.prove(run.input)?;
         let bytes = proof.to_bytes();
         let (verified, verify_ms) = timed_verify(&bytes, true);
         let verified = verified.context("verifying the benchmark proof")?;
-        ensure!(verified.output.y == expected, "proven y differs from the native product");
+        ensure!(
+            verified.output.y == expected,
+            "proven y differs from the native product"
+        );
 
         let macs = tile.macs();
         let report = KernelReport {

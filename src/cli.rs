@@ -13,7 +13,11 @@ use starkscale_common::{Dtype, Matrix, Vector};
 use crate::bench;
 
 #[derive(Parser, Debug)]
-#[command(name = "starkscale", version, about = "Verifiable matrix computation, proven tile by tile with stwo")]
+#[command(
+    name = "starkscale",
+    version,
+    about = "Verifiable matrix computation, proven tile by tile with stwo"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -105,7 +109,10 @@ fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     // Quiet by default: stwo logs every phase at INFO. RUST_LOG=info shows them.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 pub(crate) fn parse_profile(name: &str) -> Result<Profile> {
@@ -122,7 +129,8 @@ fn load_tile(a: &Path, x: &Path, dtype: &str, row0: u32, col0: u32) -> Result<Ti
 fn prove_tile(args: ProveTileArgs) -> Result<()> {
     let profile = parse_profile(&args.profile)?;
     let tile = load_tile(&args.a, &args.x, &args.dtype, args.row0, args.col0)?;
-    let (input, stats) = run_map(&tile, args.max_steps).context("running the map kernel")?;
+    let run = run_map(&tile, args.max_steps).context("running the map kernel")?;
+    let stats = run.stats;
     eprintln!(
         "ran {}x{} tile: {} steps in {:.2}s; setting up the prover ({})",
         tile.rows(),
@@ -132,10 +140,9 @@ fn prove_tile(args: ProveTileArgs) -> Result<()> {
         profile
     );
     let prover = Prover::new(profile);
-    let (proof, prove_s) = prover.prove(input).context("proving the tile")?;
+    let (proof, prove_s) = prover.prove(run.input).context("proving the tile")?;
     let bytes = proof.to_bytes();
-    std::fs::write(&args.out, &bytes)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    std::fs::write(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;
     println!(
         "proved in {prove_s:.2}s: {} ({} bytes, {} profile)",
         args.out.display(),
@@ -146,8 +153,8 @@ fn prove_tile(args: ProveTileArgs) -> Result<()> {
 }
 
 fn verify_tile_cmd(args: VerifyTileArgs) -> Result<()> {
-    let bytes = std::fs::read(&args.proof)
-        .with_context(|| format!("reading {}", args.proof.display()))?;
+    let bytes =
+        std::fs::read(&args.proof).with_context(|| format!("reading {}", args.proof.display()))?;
     let verified = verify_tile(&bytes, args.allow_test_profile)?;
     let dtype = Dtype::parse(&args.dtype)?;
     let a = args

@@ -3,11 +3,11 @@
 //! Everything here is plain Rust over `u32` words so that a third party can recompute digests
 //! and facts from A and x with nothing but Blake2s. `docs/kernel.md` is the prose version.
 //!
-//! - **x-block words**: `x[j] + 128` for `j < 1024`; entries past the block's length are 0
-//!   (word 128).
+//! - **Padding**: a tile is padded with zeros to 1024 columns and to an even number of rows;
+//!   padding entries are encoded like any other zero.
+//! - **x-block words**: `x[j] + 128` for `j < 1024`.
 //! - **A-tile words**: rows are taken in pairs `(2p, 2p + 1)`; for each pair and each column
-//!   `j < 1024`: `(A[2p][j] + 128) + 2^24 * (A[2p + 1][j] + 128)`. Missing entries (columns past
-//!   the tile's width, the partner of an odd last row) are 0.
+//!   `j < 1024`: `(A[2p][j] + 128) + 2^24 * (A[2p + 1][j] + 128)`.
 //! - **Digest**: Blake2s-256 of the words' little-endian bytes; shown as the usual hex string.
 //! - **Public output** ([`MapOutput`]): all cells are u32 (`y` is stored as `y + 2^31`).
 //! - **Fact**: Blake2s-256 over the words `program_hash ‖ public output`.
@@ -121,10 +121,16 @@ impl TileInput {
             ));
         }
         if a.cols() > TILE_COLS {
-            return bad(format!("a tile has at most {TILE_COLS} columns, got {}", a.cols()));
+            return bad(format!(
+                "a tile has at most {TILE_COLS} columns, got {}",
+                a.cols()
+            ));
         }
         if a.rows() > MAX_TILE_ROWS {
-            return bad(format!("a tile has at most {MAX_TILE_ROWS} rows, got {}", a.rows()));
+            return bad(format!(
+                "a tile has at most {MAX_TILE_ROWS} rows, got {}",
+                a.rows()
+            ));
         }
         Ok(TileInput { row0, col0, a, x })
     }
@@ -159,11 +165,12 @@ impl TileInput {
 }
 
 fn entry_byte(a: &Matrix, row: usize, col: usize) -> u32 {
-    if row < a.rows() && col < a.cols() {
-        (a.get(row, col) + BYTE_OFFSET) as u32
+    let value = if row < a.rows() && col < a.cols() {
+        a.get(row, col)
     } else {
         0
-    }
+    };
+    (value + BYTE_OFFSET) as u32
 }
 
 pub fn pair_words(a: &Matrix, pair: usize) -> Vec<u32> {
@@ -183,7 +190,7 @@ pub fn a_digest(a: &Matrix) -> Digest {
 
 pub fn x_words(x: &Vector) -> Vec<u32> {
     (0..TILE_COLS)
-        .map(|j| x.data().get(j).map_or(0, |v| (v + BYTE_OFFSET) as u32))
+        .map(|j| (x.data().get(j).copied().unwrap_or(0) + BYTE_OFFSET) as u32)
         .collect()
 }
 
@@ -210,7 +217,10 @@ impl MapOutput {
     /// Layout: `[version, kind, dtype, row0, col0, rows, cols, a_digest[8], x_digest[8], y + 2^31 ...]`.
     pub fn from_words(words: &[u32]) -> Result<MapOutput, String> {
         if words.len() < OUTPUT_PREFIX_WORDS {
-            return Err(format!("output has {} words, fewer than the header", words.len()));
+            return Err(format!(
+                "output has {} words, fewer than the header",
+                words.len()
+            ));
         }
         if words[0] != FORMAT_VERSION {
             return Err(format!("unknown output format version {}", words[0]));
@@ -222,7 +232,10 @@ impl MapOutput {
         let rows = words[5];
         let y_words = &words[OUTPUT_PREFIX_WORDS..];
         if y_words.len() != rows as usize {
-            return Err(format!("header says {rows} rows, output has {} values", y_words.len()));
+            return Err(format!(
+                "header says {rows} rows, output has {} values",
+                y_words.len()
+            ));
         }
         let digest = |at: usize| {
             let mut d = [0u32; 8];
@@ -268,7 +281,10 @@ mod tests {
         let abc = u32::from_le_bytes([b'a', b'b', b'c', 0]);
         let mut hasher = Blake2s256::new();
         hasher.update(b"abc\0");
-        assert_eq!(blake2s_words(&[abc]).to_bytes(), <[u8; 32]>::from(hasher.finalize()));
+        assert_eq!(
+            blake2s_words(&[abc]).to_bytes(),
+            <[u8; 32]>::from(hasher.finalize())
+        );
         assert_eq!(
             blake2s_words(&[]).to_hex(),
             "69217a3079908094e11121d042354a7c1f55b6482ca1a51e1b250dfd1ed0eef9"
@@ -281,9 +297,9 @@ mod tests {
         let w0 = pair_words(&a, 0);
         assert_eq!(w0[0], 0 | (128 << 24));
         assert_eq!(w0[1], 255 | (129 << 24));
-        assert_eq!(w0[2], 0, "columns past the tile are zero words");
+        assert_eq!(w0[2], 128 | (128 << 24), "columns past the tile are zeros");
         let w1 = pair_words(&a, 1);
-        assert_eq!(w1[0], 127, "the odd row's partner is zero");
+        assert_eq!(w1[0], 127 | (128 << 24), "the odd row's partner is zeros");
         assert_eq!(w1.len(), TILE_COLS);
     }
 

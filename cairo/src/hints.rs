@@ -186,7 +186,6 @@ impl ResourceTracker for MapHints {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,7 +196,10 @@ mod tests {
             Hint::parse("starkscale_split s=1234 y=-5"),
             Some(Hint::Split { s: 1234, y: -5 })
         );
-        assert_eq!(Hint::parse("starkscale_load_pair n=-3"), Some(Hint::LoadPair { n: -3 }));
+        assert_eq!(
+            Hint::parse("starkscale_load_pair n=-3"),
+            Some(Hint::LoadPair { n: -3 })
+        );
         assert_eq!(Hint::parse("memory[ap] = 1"), None);
         assert_eq!(Hint::parse("starkscale_split s=1"), None);
     }

@@ -25,7 +25,7 @@ pub mod verify;
 pub use encoding::{Digest, Fact, MapOutput, TileInput, TILE_COLS};
 pub use proof::TileProof;
 pub use prove::{Profile, Prover};
-pub use run::{run_map, RunStats};
+pub use run::{run_map, MapRun, RunStats};
 pub use verify::{verify_tile, VerifiedTile, VerifyError};
 
 /// Errors from running or proving the kernel.
@@ -47,6 +47,9 @@ impl KernelError {
     /// Whether retrying the same input elsewhere could succeed. Invalid inputs and step-limit
     /// overruns are properties of the input: retrying them is pointless.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, KernelError::InvalidTile(_) | KernelError::StepLimit { .. })
+        matches!(
+            self,
+            KernelError::InvalidTile(_) | KernelError::StepLimit { .. }
+        )
     }
 }

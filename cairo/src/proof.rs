@@ -1,18 +1,28 @@
 //! The binary tile-proof envelope.
 //!
-//! Layout: `b"SSTP"`, a format byte, a profile byte, then the bincode encoding of stwo-cairo's
-//! `CairoProofForRustVerifier` (claim, interaction claim, STARK proof). The public output and the
-//! program's bytecode live in the claim, so nothing in the envelope can disagree with the proof.
+//! Layout: `b"SSTP"`, a format byte, a profile byte, a program-section byte, then the bincode
+//! encoding of stwo-cairo's `CairoProofForRustVerifier` (claim, interaction claim, STARK proof).
+//! The public output lives in the claim, so nothing in the envelope can disagree with the proof.
+//!
+//! The claim also carries the program's bytecode (6.5k cells, ~220 KB). When it is exactly the
+//! map kernel's, the envelope leaves it out (section byte 1) and decoding rebuilds it from the
+//! embedded program: a verifier pins that program anyway, so the bytes carried nothing.
 
 use cairo_air::CairoProofForRustVerifier;
 use stwo::core::vcs_lifted::blake2_merkle::Blake2sMerkleHasher;
 
+use stwo_cairo_common::memory::LARGE_MEMORY_VALUE_ID_BASE;
+
 use crate::encoding::Digest;
+use crate::program::{felt_to_limbs, map_program};
 use crate::prove::Profile;
 use crate::verify::VerifyError;
 
 pub(crate) const MAGIC: &[u8; 4] = b"SSTP";
 pub(crate) const ENVELOPE_VERSION: u8 = 1;
+const PROGRAM_INLINE: u8 = 0;
+const PROGRAM_MAP_KERNEL: u8 = 1;
+const HEADER_BYTES: usize = 7;
 /// Proofs are about 1 MB; anything claiming more than this is rejected before decoding.
 pub const MAX_PROOF_BYTES: u64 = 64 << 20;
 
@@ -26,7 +36,9 @@ pub struct TileProof {
 
 impl std::fmt::Debug for TileProof {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TileProof").field("profile", &self.profile).finish_non_exhaustive()
+        f.debug_struct("TileProof")
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
     }
 }
 
@@ -40,9 +52,18 @@ impl TileProof {
         out.extend_from_slice(MAGIC);
         out.push(ENVELOPE_VERSION);
         out.push(self.profile.code());
+        let program = &self.proof.claim.public_data.public_memory.program;
         // Serializing plain data into a Vec cannot fail.
         #[allow(clippy::expect_used)]
-        bincode::serialize_into(&mut out, &self.proof).expect("in-memory bincode");
+        if program == map_program_section() {
+            out.push(PROGRAM_MAP_KERNEL);
+            let mut elided = self.proof.clone();
+            elided.claim.public_data.public_memory.program = Vec::new();
+            bincode::serialize_into(&mut out, &elided).expect("in-memory bincode");
+        } else {
+            out.push(PROGRAM_INLINE);
+            bincode::serialize_into(&mut out, &self.proof).expect("in-memory bincode");
+        }
         out
     }
 
@@ -54,7 +75,7 @@ impl TileProof {
                 bytes.len()
             )));
         }
-        if bytes.len() < 6 || &bytes[..4] != MAGIC {
+        if bytes.len() < HEADER_BYTES || &bytes[..4] != MAGIC {
             return Err(VerifyError::Malformed("not a STARKScale tile proof".into()));
         }
         if bytes[4] != ENVELOPE_VERSION {
@@ -67,11 +88,21 @@ impl TileProof {
             .ok_or_else(|| VerifyError::Malformed(format!("unknown profile code {}", bytes[5])))?;
         // The limit bounds every length prefix, so corrupt lengths cannot make us allocate more
         // than the input's size; trailing bytes are refused.
-        let proof: StarkProof = bincode::DefaultOptions::new()
+        let mut proof: StarkProof = bincode::DefaultOptions::new()
             .with_fixint_encoding()
             .with_limit(bytes.len() as u64)
-            .deserialize(&bytes[6..])
+            .deserialize(&bytes[HEADER_BYTES..])
             .map_err(|e| VerifyError::Malformed(format!("cannot decode proof: {e}")))?;
+        let program = &mut proof.claim.public_data.public_memory.program;
+        match bytes[6] {
+            PROGRAM_INLINE => {}
+            PROGRAM_MAP_KERNEL if program.is_empty() => *program = map_program_section().clone(),
+            other => {
+                return Err(VerifyError::Malformed(format!(
+                    "bad program section byte {other}"
+                )))
+            }
+        }
         Ok(TileProof { profile, proof })
     }
 
@@ -87,7 +118,9 @@ impl TileProof {
                 if limbs[1..].iter().all(|&l| l == 0) {
                     Ok(limbs[0])
                 } else {
-                    Err(VerifyError::MalformedOutput("an output cell is not a u32".into()))
+                    Err(VerifyError::MalformedOutput(
+                        "an output cell is not a u32".into(),
+                    ))
                 }
             })
             .collect()
@@ -99,4 +132,32 @@ impl TileProof {
             &self.proof.claim.public_data.public_memory.program,
         ))
     }
+}
+
+/// The map kernel's bytecode as a proof's public memory lists it: (memory value id, limbs) per
+/// cell. Ids follow stwo-cairo's memory builder, which numbers distinct values in address order
+/// (the program is the first segment): small values (< 2^72) and others in separate ranges.
+/// `to_bytes` elides a program section only when it equals this exactly, so a mismatch here can
+/// only cost size, never correctness.
+fn map_program_section() -> &'static Vec<(u32, [u32; 8])> {
+    static SECTION: std::sync::OnceLock<Vec<(u32, [u32; 8])>> = std::sync::OnceLock::new();
+    SECTION.get_or_init(|| {
+        let mut small = std::collections::HashMap::new();
+        let mut large = std::collections::HashMap::new();
+        map_program()
+            .iter_data()
+            .map(|v| {
+                let limbs = felt_to_limbs(&v.get_int_ref().copied().unwrap_or_default());
+                let is_small = limbs[3..].iter().all(|&l| l == 0) && limbs[2] < (1 << 8);
+                let id = if is_small {
+                    let n = small.len() as u32;
+                    *small.entry(limbs).or_insert(n)
+                } else {
+                    let n = large.len() as u32;
+                    *large.entry(limbs).or_insert(n) | LARGE_MEMORY_VALUE_ID_BASE
+                };
+                (id, limbs)
+            })
+            .collect()
+    })
 }

@@ -33,17 +33,18 @@ use crate::KernelError;
 /// components indexed by the sequence column at 2^20 rows, which the largest tile respects.
 pub const PREPROCESSED_VARIANT: PreProcessedTraceVariant = PreProcessedTraceVariant::CanonicalSmall;
 
-/// Log size of the twiddle domain: the largest component of a [`crate::encoding::MAX_TILE_ROWS`]
-/// tile (blake_g, 2^22 rows) at blowup 2, with room for the composition polynomial.
-const TWIDDLE_LOG_SIZE: u32 = 24;
+/// Log size of the twiddle domain: covers the largest component of a
+/// [`crate::encoding::MAX_TILE_ROWS`] tile (blake_g, 2^22 rows) at blowup 2. Each extra bit
+/// costs 64 MB of resident twiddles.
+const TWIDDLE_LOG_SIZE: u32 = 23;
 
 /// Named security profiles. Only `Production` is accepted by default; `Test` exists so fast tests
 /// can say plainly that they lowered security, and every verifier reports which one it saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
-    /// 96 bits: 16 proof-of-work bits + 80 queries at blowup 2. Fewer grinding bits and more
-    /// queries keep proving time steady (26-bit grinding varied 0.5-15 s here).
+    /// 96 bits: 20 proof-of-work bits + 76 queries at blowup 2. 20-bit grinding costs ~0.1 s;
+    /// 26 bits (70 queries) varied 0.5-15 s here, and each query adds ~11 KB to the proof.
     Production,
     /// 28 bits: 8 proof-of-work bits + 20 queries. For tests only.
     Test,
@@ -52,7 +53,7 @@ pub enum Profile {
 impl Profile {
     pub fn pcs_config(self) -> PcsConfig {
         let (pow_bits, n_queries) = match self {
-            Profile::Production => (16, 80),
+            Profile::Production => (20, 76),
             Profile::Test => (8, 20),
         };
         PcsConfig {
@@ -132,7 +133,9 @@ pub struct Prover {
 
 impl std::fmt::Debug for Prover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prover").field("profile", &self.profile).finish_non_exhaustive()
+        f.debug_struct("Prover")
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,7 +143,9 @@ impl Prover {
     /// Precomputes twiddles and commits to the preprocessed trace (seconds, ~1.5 GB).
     pub fn new(profile: Profile) -> Prover {
         let twiddles = SimdBackend::precompute_twiddles(
-            CanonicCoset::new(TWIDDLE_LOG_SIZE).circle_domain().half_coset,
+            CanonicCoset::new(TWIDDLE_LOG_SIZE)
+                .circle_domain()
+                .half_coset,
         );
         let preprocessed = Arc::new(PREPROCESSED_VARIANT.to_preprocessed_trace());
         let polys = SimdBackend::interpolate_columns(gen_trace(preprocessed.clone()), &twiddles);

@@ -4,13 +4,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cairo_vm::cairo_run::{cairo_run_program, CairoRunConfig};
+use cairo_vm::hint_processor::hint_processor_definition::HintProcessor;
 use cairo_vm::types::layout_name::LayoutName;
+use cairo_vm::types::program::Program;
+use cairo_vm::types::relocatable::Relocatable;
 use cairo_vm::vm::errors::cairo_run_errors::CairoRunError;
 use cairo_vm::vm::errors::vm_errors::VirtualMachineError;
 use cairo_vm::vm::errors::vm_exception::VmException;
+use cairo_vm::vm::runners::builtin_runner::BuiltinRunner;
+use cairo_vm::vm::runners::cairo_runner::CairoRunner;
+use num_traits::ToPrimitive;
 use stwo_cairo_adapter::ProverInput;
 
-use crate::encoding::TileInput;
+use crate::encoding::{MapOutput, TileInput};
 use crate::hints::MapHints;
 use crate::program::map_program;
 use crate::KernelError;
@@ -29,8 +35,54 @@ pub struct RunStats {
     pub adapt_s: f64,
 }
 
-/// Runs the map program on `tile` within `max_steps` and returns the prover's input.
-pub fn run_map(tile: &TileInput, max_steps: usize) -> Result<(ProverInput, RunStats), KernelError> {
+/// A finished run of the map kernel: what to prove, and what it computed.
+pub struct MapRun {
+    pub input: ProverInput,
+    /// The public output the proof will state.
+    pub output: MapOutput,
+    pub stats: RunStats,
+}
+
+impl std::fmt::Debug for MapRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapRun")
+            .field("output", &self.output)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the map program on `tile` within `max_steps`.
+pub fn run_map(tile: &TileInput, max_steps: usize) -> Result<MapRun, KernelError> {
+    let mut hints = MapHints::new(Arc::new(tile.clone()), max_steps);
+    let (runner, input, stats) = execute(map_program(), &mut hints, max_steps)?;
+    let words = output_words(&runner)?;
+    let output = MapOutput::from_words(&words)
+        .map_err(|e| KernelError::Vm(format!("kernel wrote a malformed output: {e}")))?;
+    Ok(MapRun {
+        input,
+        output,
+        stats,
+    })
+}
+
+/// Runs a hint-free program (any Cairo 0 program compiled with `--proof_mode` and the
+/// bootloader's builtins) for the prover. Used to prove programs other than the kernel.
+pub fn run_program(program_json: &[u8], max_steps: usize) -> Result<ProverInput, KernelError> {
+    let program = Program::from_bytes(program_json, Some("main"))
+        .map_err(|e| KernelError::Vm(format!("cannot load program: {e}")))?;
+    let mut hints = cairo_vm::hint_processor::builtin_hint_processor::builtin_hint_processor_definition::BuiltinHintProcessor::new(
+        Default::default(),
+        cairo_vm::vm::runners::cairo_runner::RunResources::new(max_steps),
+    );
+    Ok(execute(&program, &mut hints, max_steps)?.1)
+}
+
+fn execute(
+    program: &Program,
+    hints: &mut dyn HintProcessor,
+    max_steps: usize,
+) -> Result<(CairoRunner, ProverInput, RunStats), KernelError> {
     let started = Instant::now();
     let config = CairoRunConfig {
         entrypoint: "main",
@@ -43,9 +95,7 @@ pub fn run_map(tile: &TileInput, max_steps: usize) -> Result<(ProverInput, RunSt
         disable_trace_padding: true,
         ..CairoRunConfig::default()
     };
-    let mut hints = MapHints::new(Arc::new(tile.clone()), max_steps);
-    let runner = cairo_run_program(map_program(), &config, &mut hints)
-        .map_err(|e| classify(e, max_steps))?;
+    let runner = cairo_run_program(program, &config, hints).map_err(|e| classify(e, max_steps))?;
     let steps = runner
         .get_relocatable_trace()
         .map_err(|e| KernelError::Vm(e.to_string()))?
@@ -55,14 +105,36 @@ pub fn run_map(tile: &TileInput, max_steps: usize) -> Result<(ProverInput, RunSt
     let started = Instant::now();
     let input = stwo_cairo_adapter::adapter::adapt(&runner)
         .map_err(|e| KernelError::Adapt(format!("{e:#}")))?;
-    Ok((
-        input,
-        RunStats {
-            steps,
-            run_s,
-            adapt_s: started.elapsed().as_secs_f64(),
-        },
-    ))
+    let stats = RunStats {
+        steps,
+        run_s,
+        adapt_s: started.elapsed().as_secs_f64(),
+    };
+    Ok((runner, input, stats))
+}
+
+/// The output builtin's cells, each of which the kernel keeps below 2^32.
+fn output_words(runner: &CairoRunner) -> Result<Vec<u32>, KernelError> {
+    let base = runner
+        .vm
+        .get_builtin_runners()
+        .iter()
+        .find_map(|b| match b {
+            BuiltinRunner::Output(out) => Some(out.base()),
+            _ => None,
+        })
+        .ok_or_else(|| KernelError::Vm("program has no output builtin".into()))?;
+    let mut words = Vec::new();
+    while let Ok(cell) = runner
+        .vm
+        .get_integer(Relocatable::from((base as isize, words.len())))
+    {
+        let word = cell
+            .to_u32()
+            .ok_or_else(|| KernelError::Vm("an output cell is not a u32".into()))?;
+        words.push(word);
+    }
+    Ok(words)
 }
 
 fn classify(err: CairoRunError, max_steps: usize) -> KernelError {

@@ -22,7 +22,8 @@ use crate::prove::{Profile, PREPROCESSED_VARIANT};
 
 /// Root of the `CanonicalSmall` preprocessed-trace commitment at blowup 2 (both profiles use
 /// blowup 2). A test recomputes it with [`crate::Prover::preprocessed_root`].
-pub const PREPROCESSED_ROOT: &str = "068d1166c9f9f0ec247641ca391ee8396170e69343dfcacc632f9638670d2bec";
+pub const PREPROCESSED_ROOT: &str =
+    "068d1166c9f9f0ec247641ca391ee8396170e69343dfcacc632f9638670d2bec";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -40,7 +41,9 @@ pub enum VerifyError {
     MalformedOutput(String),
     #[error("STARK verification failed: {0}")]
     Invalid(String),
-    #[error("{which} digest mismatch: proof commits to {in_proof}, the given {which} hashes to {given}")]
+    #[error(
+        "{which} digest mismatch: proof commits to {in_proof}, the given {which} hashes to {given}"
+    )]
     DigestMismatch {
         which: &'static str,
         in_proof: Digest,
@@ -102,9 +105,11 @@ pub fn verify_tile_proof(proof: TileProof, allow_test: bool) -> Result<VerifiedT
 
     let TileProof { proof: stark, .. } = proof;
     // verify_cairo asserts on malformed claims; hostile bytes must give an error, not a crash.
-    catch_unwind(AssertUnwindSafe(|| verify_cairo::<Blake2sMerkleChannel>(stark)))
-        .map_err(|panic| VerifyError::Invalid(panic_message(&panic)))?
-        .map_err(|e| VerifyError::Invalid(e.to_string()))?;
+    catch_unwind(AssertUnwindSafe(|| {
+        verify_cairo::<Blake2sMerkleChannel>(stark)
+    }))
+    .map_err(|panic| VerifyError::Invalid(panic_message(&panic)))?
+    .map_err(|e| VerifyError::Invalid(e.to_string()))?;
 
     Ok(VerifiedTile {
         profile,

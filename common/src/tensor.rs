@@ -103,7 +103,12 @@ pub struct Matrix {
 }
 
 impl Matrix {
-    pub fn new(rows: usize, cols: usize, dtype: Dtype, data: Vec<i64>) -> Result<Self, TensorError> {
+    pub fn new(
+        rows: usize,
+        cols: usize,
+        dtype: Dtype,
+        data: Vec<i64>,
+    ) -> Result<Self, TensorError> {
         if rows == 0 || cols == 0 {
             return Err(TensorError::Shape(format!(
                 "a matrix needs at least one row and one column, got {rows}x{cols}"
@@ -223,7 +228,9 @@ pub struct Vector {
 impl Vector {
     pub fn new(dtype: Dtype, data: Vec<i64>) -> Result<Self, TensorError> {
         if data.is_empty() {
-            return Err(TensorError::Shape("a vector needs at least one entry".into()));
+            return Err(TensorError::Shape(
+                "a vector needs at least one entry".into(),
+            ));
         }
         for (i, &v) in data.iter().enumerate() {
             dtype.check(v as i128, i)?;
@@ -333,13 +340,15 @@ pub mod npy {
         let header = std::str::from_utf8(header).map_err(|_| err("header is not UTF-8"))?;
         let descr = dict_value(header, "descr").ok_or_else(|| err("no 'descr' in header"))?;
         let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-        let fortran = dict_value(header, "fortran_order").ok_or_else(|| err("no 'fortran_order'"))?;
+        let fortran =
+            dict_value(header, "fortran_order").ok_or_else(|| err("no 'fortran_order'"))?;
         if fortran.trim() != "False" {
-            return Err(err("Fortran-ordered arrays are not supported; save with C order"));
+            return Err(err(
+                "Fortran-ordered arrays are not supported; save with C order",
+            ));
         }
-        let shape = parse_shape(
-            &dict_value(header, "shape").ok_or_else(|| err("no 'shape' in header"))?,
-        )?;
+        let shape =
+            parse_shape(&dict_value(header, "shape").ok_or_else(|| err("no 'shape' in header"))?)?;
         let (width, signed) = match descr {
             "|i1" | "i1" | "<i1" => (1, true),
             "|u1" | "u1" | "<u1" => (1, false),
@@ -456,14 +465,20 @@ mod tests {
         bytes.pop();
         bytes.extend_from_slice(&300i16.to_le_bytes());
         let err = npy::parse(&bytes, Dtype::I8).unwrap_err();
-        assert!(matches!(err, TensorError::OutOfRange { value: 300, .. }), "{err}");
+        assert!(
+            matches!(err, TensorError::OutOfRange { value: 300, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn npy_rejects_truncated_data() {
         let mut bytes = npy::write_i8(&[4, 4], &[1; 16]);
         bytes.truncate(bytes.len() - 1);
-        assert!(matches!(npy::parse(&bytes, Dtype::I8), Err(TensorError::Npy(_))));
+        assert!(matches!(
+            npy::parse(&bytes, Dtype::I8),
+            Err(TensorError::Npy(_))
+        ));
     }
 
     #[test]
@@ -478,7 +493,10 @@ mod tests {
             Matrix::from_json(b"[[1,128]]", Dtype::I8),
             Err(TensorError::OutOfRange { value: 128, .. })
         ));
-        assert!(matches!(Matrix::from_json(b"[]", Dtype::I8), Err(TensorError::Shape(_))));
+        assert!(matches!(
+            Matrix::from_json(b"[]", Dtype::I8),
+            Err(TensorError::Shape(_))
+        ));
     }
 
     #[test]
