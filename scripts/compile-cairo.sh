@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates and recompiles the Cairo programs in cairo/programs/.
 #
-#   scripts/compile-cairo.sh          rewrite map.cairo, map.json and the test fixture
+#   scripts/compile-cairo.sh          rewrite map{,_unbound}.{cairo,json} and the test fixture
 #   scripts/compile-cairo.sh --check  fail if either differs from the committed file
 #
 # cairo-lang 0.14.0.1 (PyPI) runs from a venv under ~/.cache/starkscale, created on first use.
@@ -24,14 +24,18 @@ cd "$root/cairo/programs"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 python3 gen_map.py > "$out/map.cairo"
-# Compile a file named like the committed one so nothing path-dependent differs.
-(cd "$out" && "$venv/bin/cairo-compile" --proof_mode --no_debug_info map.cairo --output map.json)
+python3 gen_map.py --unbound > "$out/map_unbound.cairo"
+# Compile files named like the committed ones so nothing path-dependent differs.
+for name in map map_unbound; do
+  (cd "$out" && "$venv/bin/cairo-compile" --proof_mode --no_debug_info $name.cairo --output $name.json)
+done
 fixtures="$root/cairo/tests/fixtures"
 (cd "$fixtures" && "$venv/bin/cairo-compile" --proof_mode --no_debug_info other.cairo --output "$out/other.json")
 
 if $check; then
   status=0
-  for f in cairo/programs/map.cairo cairo/programs/map.json cairo/tests/fixtures/other.json; do
+  for f in cairo/programs/map.cairo cairo/programs/map.json cairo/programs/map_unbound.cairo \
+    cairo/programs/map_unbound.json cairo/tests/fixtures/other.json; do
     if ! cmp -s "$out/$(basename "$f")" "$root/$f"; then
       echo "compile-cairo: $f is stale: run scripts/compile-cairo.sh" >&2
       status=1
@@ -40,6 +44,6 @@ if $check; then
   [ $status = 0 ] && echo "compile-cairo: committed programs are reproducible"
   exit $status
 fi
-cp "$out/map.cairo" "$out/map.json" .
+cp "$out"/map.cairo "$out"/map.json "$out"/map_unbound.cairo "$out"/map_unbound.json .
 cp "$out/other.json" "$fixtures/"
-echo "compile-cairo: wrote cairo/programs/map.{cairo,json} and cairo/tests/fixtures/other.json"
+echo "compile-cairo: wrote cairo/programs/map{,_unbound}.{cairo,json}, cairo/tests/fixtures/other.json"

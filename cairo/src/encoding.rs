@@ -295,7 +295,7 @@ mod tests {
     fn pair_words_pack_two_rows_and_pad() {
         let a = Matrix::new(3, 2, Dtype::I8, vec![-128, 127, 0, 1, -1, 5]).unwrap();
         let w0 = pair_words(&a, 0);
-        assert_eq!(w0[0], 0 | (128 << 24));
+        assert_eq!(w0[0], 128 << 24, "-128 is byte 0");
         assert_eq!(w0[1], 255 | (129 << 24));
         assert_eq!(w0[2], 128 | (128 << 24), "columns past the tile are zeros");
         let w1 = pair_words(&a, 1);

@@ -9,15 +9,24 @@ use crate::encoding::Digest;
 
 /// `cairo-compile --proof_mode --no_debug_info` output of `programs/map.cairo`.
 pub const MAP_PROGRAM_JSON: &[u8] = include_bytes!("../programs/map.json");
+/// The kernel without its digest chains, for measuring what binding costs. Never verified.
+pub const MAP_UNBOUND_PROGRAM_JSON: &[u8] = include_bytes!("../programs/map_unbound.json");
 
 /// Loads the map program once per process.
 pub fn map_program() -> &'static Program {
     static PROGRAM: OnceLock<Program> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        // The file is compiled into the binary and checked by tests: failing here is a build bug.
-        #[allow(clippy::expect_used)]
-        Program::from_bytes(MAP_PROGRAM_JSON, Some("main")).expect("embedded map program parses")
-    })
+    PROGRAM.get_or_init(|| load(MAP_PROGRAM_JSON))
+}
+
+pub(crate) fn map_unbound_program() -> &'static Program {
+    static PROGRAM: OnceLock<Program> = OnceLock::new();
+    PROGRAM.get_or_init(|| load(MAP_UNBOUND_PROGRAM_JSON))
+}
+
+fn load(json: &[u8]) -> Program {
+    // The file is compiled into the binary and checked by tests: failing here is a build bug.
+    #[allow(clippy::expect_used)]
+    Program::from_bytes(json, Some("main")).expect("embedded program parses")
 }
 
 /// Blake2s hash of the program's bytecode as it appears in a proof's public memory (the hash

@@ -18,7 +18,7 @@ use stwo_cairo_adapter::ProverInput;
 
 use crate::encoding::{MapOutput, TileInput};
 use crate::hints::MapHints;
-use crate::program::map_program;
+use crate::program::{map_program, map_unbound_program};
 use crate::KernelError;
 
 /// Default step budget: a 1022-row tile needs ~1.25 M steps.
@@ -54,8 +54,21 @@ impl std::fmt::Debug for MapRun {
 
 /// Runs the map program on `tile` within `max_steps`.
 pub fn run_map(tile: &TileInput, max_steps: usize) -> Result<MapRun, KernelError> {
+    run_kernel(map_program(), tile, max_steps)
+}
+
+/// Runs the kernel without its digest chains (benchmarks only: its proofs bind nothing).
+pub fn run_map_unbound(tile: &TileInput, max_steps: usize) -> Result<MapRun, KernelError> {
+    run_kernel(map_unbound_program(), tile, max_steps)
+}
+
+fn run_kernel(
+    program: &Program,
+    tile: &TileInput,
+    max_steps: usize,
+) -> Result<MapRun, KernelError> {
     let mut hints = MapHints::new(Arc::new(tile.clone()), max_steps);
-    let (runner, input, stats) = execute(map_program(), &mut hints, max_steps)?;
+    let (runner, input, stats) = execute(program, &mut hints, max_steps)?;
     let words = output_words(&runner)?;
     let output = MapOutput::from_words(&words)
         .map_err(|e| KernelError::Vm(format!("kernel wrote a malformed output: {e}")))?;

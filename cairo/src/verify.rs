@@ -162,6 +162,17 @@ impl VerifiedTile {
     }
 }
 
+/// Checks only the STARK of a proof, pinning nothing (not the program, root or parameters).
+/// For benchmarking programs other than the kernel; never use it to accept a result.
+pub fn verify_stark_only(bytes: &[u8]) -> Result<(), VerifyError> {
+    let TileProof { proof, .. } = TileProof::from_bytes(bytes)?;
+    catch_unwind(AssertUnwindSafe(|| {
+        verify_cairo::<Blake2sMerkleChannel>(proof)
+    }))
+    .map_err(|panic| VerifyError::Invalid(panic_message(&panic)))?
+    .map_err(|e| VerifyError::Invalid(e.to_string()))
+}
+
 /// Times `verify_tile` (decode included), for benchmarks.
 pub fn timed_verify(bytes: &[u8], allow_test: bool) -> (Result<VerifiedTile, VerifyError>, f64) {
     let started = Instant::now();

@@ -1,6 +1,8 @@
 //! The map kernel's arithmetic and digests, checked by running it in cairo-vm (no proving):
 //! every output the proof would state is compared with a native computation.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use rand::{Rng, SeedableRng};
 use starkscale_cairo::encoding::{a_digest, x_digest, DEFAULT_TILE_ROWS, MAX_TILE_ROWS};
 use starkscale_cairo::run::DEFAULT_MAX_STEPS;

@@ -3,6 +3,8 @@
 //!
 //! Proofs take seconds and gigabytes, so tests in this file prove one at a time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use rand::{Rng, SeedableRng};
