@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates and recompiles the Cairo programs in cairo/programs/.
 #
-#   scripts/compile-cairo.sh          rewrite map{,_unbound}.{cairo,json} and the test fixture
+#   scripts/compile-cairo.sh          rewrite map{,_unbound}.{cairo,json} and the test fixtures
 #   scripts/compile-cairo.sh --check  fail if either differs from the committed file
 #
 # cairo-lang 0.14.0.1 (PyPI) runs from a venv under ~/.cache/starkscale, created on first use.
@@ -30,12 +30,14 @@ for name in map map_unbound; do
   (cd "$out" && "$venv/bin/cairo-compile" --proof_mode --no_debug_info $name.cairo --output $name.json)
 done
 fixtures="$root/cairo/tests/fixtures"
-(cd "$fixtures" && "$venv/bin/cairo-compile" --proof_mode --no_debug_info other.cairo --output "$out/other.json")
+for name in other blake2s; do
+  (cd "$fixtures" && "$venv/bin/cairo-compile" --proof_mode --no_debug_info $name.cairo --output "$out/$name.json")
+done
 
 if $check; then
   status=0
   for f in cairo/programs/map.cairo cairo/programs/map.json cairo/programs/map_unbound.cairo \
-    cairo/programs/map_unbound.json cairo/tests/fixtures/other.json; do
+    cairo/programs/map_unbound.json cairo/tests/fixtures/other.json cairo/tests/fixtures/blake2s.json; do
     if ! cmp -s "$out/$(basename "$f")" "$root/$f"; then
       echo "compile-cairo: $f is stale: run scripts/compile-cairo.sh" >&2
       status=1
@@ -45,5 +47,5 @@ if $check; then
   exit $status
 fi
 cp "$out"/map.cairo "$out"/map.json "$out"/map_unbound.cairo "$out"/map_unbound.json .
-cp "$out/other.json" "$fixtures/"
-echo "compile-cairo: wrote cairo/programs/map{,_unbound}.{cairo,json}, cairo/tests/fixtures/other.json"
+cp "$out/other.json" "$out/blake2s.json" "$fixtures/"
+echo "compile-cairo: wrote cairo/programs/map{,_unbound}.{cairo,json} and cairo/tests/fixtures/*.json"

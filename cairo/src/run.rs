@@ -3,7 +3,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use cairo_vm::cairo_run::{cairo_run_program, CairoRunConfig};
+use cairo_vm::hint_processor::builtin_hint_processor::builtin_hint_processor_definition::{
+    BuiltinHintProcessor, HintFunc,
+};
 use cairo_vm::hint_processor::hint_processor_definition::HintProcessor;
 use cairo_vm::types::layout_name::LayoutName;
 use cairo_vm::types::program::Program;
@@ -12,7 +18,7 @@ use cairo_vm::vm::errors::cairo_run_errors::CairoRunError;
 use cairo_vm::vm::errors::vm_errors::VirtualMachineError;
 use cairo_vm::vm::errors::vm_exception::VmException;
 use cairo_vm::vm::runners::builtin_runner::BuiltinRunner;
-use cairo_vm::vm::runners::cairo_runner::CairoRunner;
+use cairo_vm::vm::runners::cairo_runner::{CairoRunner, RunResources};
 use num_traits::ToPrimitive;
 use stwo_cairo_adapter::ProverInput;
 
@@ -79,16 +85,39 @@ fn run_kernel(
     })
 }
 
-/// Runs a hint-free program (any Cairo 0 program compiled with `--proof_mode` and the
-/// bootloader's builtins) for the prover. Used to prove programs other than the kernel.
-pub fn run_program(program_json: &[u8], max_steps: usize) -> Result<ProverInput, KernelError> {
+/// A run of a program other than the kernel.
+pub struct ProgramRun {
+    pub input: ProverInput,
+    /// The output builtin's cells (each must be a u32).
+    pub output: Vec<u32>,
+    pub stats: RunStats,
+}
+
+impl std::fmt::Debug for ProgramRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgramRun")
+            .field("output", &self.output)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs any Cairo 0 program compiled with `--proof_mode` and the bootloader's builtins, with
+/// cairo-vm's built-in hints (the common library's) plus `extra_hints` by hint code.
+pub fn run_program(
+    program_json: &[u8],
+    max_steps: usize,
+    extra_hints: HashMap<String, Rc<HintFunc>>,
+) -> Result<ProgramRun, KernelError> {
     let program = Program::from_bytes(program_json, Some("main"))
         .map_err(|e| KernelError::Vm(format!("cannot load program: {e}")))?;
-    let mut hints = cairo_vm::hint_processor::builtin_hint_processor::builtin_hint_processor_definition::BuiltinHintProcessor::new(
-        Default::default(),
-        cairo_vm::vm::runners::cairo_runner::RunResources::new(max_steps),
-    );
-    Ok(execute(&program, &mut hints, max_steps)?.1)
+    let mut hints = BuiltinHintProcessor::new(extra_hints, RunResources::new(max_steps));
+    let (runner, input, stats) = execute(&program, &mut hints, max_steps)?;
+    Ok(ProgramRun {
+        output: output_words(&runner)?,
+        input,
+        stats,
+    })
 }
 
 fn execute(

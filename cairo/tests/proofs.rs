@@ -175,8 +175,13 @@ fn tampering_is_rejected_with_distinct_reasons() {
 #[test]
 fn proof_of_another_program_is_refused() {
     let _guard = one_at_a_time();
-    let input = run_program(include_bytes!("fixtures/other.json"), 10_000).unwrap();
-    let bytes = prover(Profile::Test).prove(input).unwrap().0.to_bytes();
+    let run = run_program(
+        include_bytes!("fixtures/other.json"),
+        10_000,
+        Default::default(),
+    )
+    .unwrap();
+    let bytes = prover(Profile::Test).prove(run.input).unwrap().0.to_bytes();
     assert_eq!(bytes[6], 0, "a foreign program travels inline");
     let err = verify_tile(&bytes, true).unwrap_err();
     assert!(matches!(err, VerifyError::WrongProgram { .. }), "{err}");
