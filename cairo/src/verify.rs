@@ -122,41 +122,39 @@ pub fn verify_tile_proof(proof: TileProof, allow_test: bool) -> Result<VerifiedT
 impl VerifiedTile {
     /// Checks that the proof's digests are those of the given A-tile and x-block.
     pub fn check_inputs(&self, a: Option<&Matrix>, x: Option<&Vector>) -> Result<(), VerifyError> {
-        if let Some(a) = a {
-            if (a.rows(), a.cols()) != (self.output.rows as usize, self.output.cols as usize) {
-                return Err(VerifyError::Shape(format!(
-                    "proof is of a {}x{} tile, the given A is {}x{}",
-                    self.output.rows,
-                    self.output.cols,
-                    a.rows(),
-                    a.cols()
-                )));
+        let out = &self.output;
+        let shape = |expected: (usize, usize), given: (usize, usize), what: &str| {
+            if expected == given {
+                Ok(())
+            } else {
+                Err(VerifyError::Shape(format!(
+                    "proof is of a {}x{} {what}, the given one is {}x{}",
+                    expected.0, expected.1, given.0, given.1
+                )))
             }
-            let given = encoding::a_digest(a);
-            if given != self.output.a_digest {
-                return Err(VerifyError::DigestMismatch {
-                    which: "A",
-                    in_proof: self.output.a_digest,
+        };
+        let digest = |which, in_proof: Digest, given: Digest| {
+            if in_proof == given {
+                Ok(())
+            } else {
+                Err(VerifyError::DigestMismatch {
+                    which,
+                    in_proof,
                     given,
-                });
+                })
             }
+        };
+        if let Some(a) = a {
+            shape(
+                (out.rows as usize, out.cols as usize),
+                (a.rows(), a.cols()),
+                "A-tile",
+            )?;
+            digest("A", out.a_digest, encoding::a_digest(a))?;
         }
         if let Some(x) = x {
-            if x.len() != self.output.cols as usize {
-                return Err(VerifyError::Shape(format!(
-                    "proof is of a {}-column tile, the given x has {} entries",
-                    self.output.cols,
-                    x.len()
-                )));
-            }
-            let given = encoding::x_digest(x);
-            if given != self.output.x_digest {
-                return Err(VerifyError::DigestMismatch {
-                    which: "x",
-                    in_proof: self.output.x_digest,
-                    given,
-                });
-            }
+            shape((out.cols as usize, 1), (x.len(), 1), "x-block")?;
+            digest("x", out.x_digest, encoding::x_digest(x))?;
         }
         Ok(())
     }
