@@ -15,7 +15,13 @@ stamp="$dest/.starkscale-patched-$version"
 [ -f "$stamp" ] && exit 0
 
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
-find_src() { ls -d "$cargo_home"/registry/src/*/"$crate-$version" 2>/dev/null | head -n 1; }
+find_src() {
+  local dir
+  for dir in "$cargo_home"/registry/src/*/"$crate-$version"; do
+    [ -d "$dir" ] && { echo "$dir"; return 0; }
+  done
+  return 0
+}
 
 src=$(find_src)
 if [ -z "$src" ]; then
