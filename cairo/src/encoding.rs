@@ -20,13 +20,9 @@ use starkscale_common::{Dtype, Matrix, Vector};
 
 use crate::KernelError;
 
-/// Columns of every tile; narrower tiles are padded with zeros to this width.
-pub const TILE_COLS: usize = 1024;
-/// 254 rows x 1024 columns is 8128 compressions for A plus 64 for x: exactly 2^13, the prover's
-/// padding target.
-pub const DEFAULT_TILE_ROWS: usize = 254;
-/// Largest tile the prover's setup is sized for (32768 compressions).
-pub const MAX_TILE_ROWS: usize = 1022;
+/// Tile shape limits live with the planner; the kernel is generated for `TILE_COLS` columns.
+/// 254 rows × 1024 columns is 8,128 compressions for A plus 64 for x: exactly 2^13.
+pub use starkscale_common::plan::{DEFAULT_TILE_ROWS, MAX_TILE_ROWS, TILE_COLS};
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const KIND_MAP: u32 = 1;

@@ -7,6 +7,7 @@ use rand::{Rng, SeedableRng};
 use starkscale_cairo::encoding::{a_digest, x_digest, DEFAULT_TILE_ROWS, MAX_TILE_ROWS};
 use starkscale_cairo::run::DEFAULT_MAX_STEPS;
 use starkscale_cairo::{run_map, KernelError, TileInput, TILE_COLS};
+use starkscale_common::plan::kernel_steps;
 use starkscale_common::{Dtype, Matrix, Vector};
 
 fn tile(
@@ -33,6 +34,11 @@ fn random_tile(rows: usize, cols: usize, seed: u64) -> TileInput {
 /// Runs the kernel and checks everything its public output states against native code.
 fn check(t: &TileInput) {
     let run = run_map(t, DEFAULT_MAX_STEPS).unwrap();
+    assert_eq!(
+        run.stats.steps,
+        kernel_steps(t.rows()),
+        "the planner's step model"
+    );
     let out = &run.output;
     assert_eq!(out.y, t.a.matvec(&t.x).unwrap(), "partial y");
     assert_eq!(out.a_digest, a_digest(&t.a), "A digest");

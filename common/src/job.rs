@@ -1,0 +1,388 @@
+//! The job format: what a client puts on the jobs queue (or hands to `starkscale run`).
+//!
+//! A job is a JSON object; `schemas/job.schema.json` is generated from these types and committed
+//! (a test fails when it drifts). Unknown fields are rejected everywhere, the payload size is
+//! checked before parsing, and [`JobSpec::validate`] checks everything that does not need the
+//! referenced inputs (see [`JobError`] for every refusal).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{TilePlan, DEFAULT_TILE_ROWS, MAX_TILE_ROWS};
+use crate::tensor::{Dtype, Matrix, TensorError, Vector};
+
+/// The only schema version this build understands.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Limits a deployment can tighten; checked before any input is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    /// Largest job message accepted, in bytes.
+    pub max_job_bytes: usize,
+    /// Largest matrix, in entries.
+    pub max_entries: usize,
+    /// Largest number of tiles one job may plan.
+    pub max_tiles: usize,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            max_job_bytes: 64 << 20,
+            max_entries: 1 << 30,
+            max_tiles: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("job is {size} bytes, over the {max}-byte limit")]
+    TooLarge { size: usize, max: usize },
+    #[error("invalid job JSON: {0}")]
+    Json(String),
+    #[error("unsupported schema_version {0} (this build reads {SCHEMA_VERSION})")]
+    SchemaVersion(u32),
+    #[error("invalid job_id {0:?}: 1-64 characters from [A-Za-z0-9._-]")]
+    JobId(String),
+    #[error("invalid {what}: {source}")]
+    Input {
+        what: &'static str,
+        source: TensorError,
+    },
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    #[error("{0}")]
+    Limit(String),
+}
+
+impl JobError {
+    /// Every job error is permanent: retrying the same job cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        true
+    }
+}
+
+/// What to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// y = A · x.
+    Matvec,
+}
+
+/// A matrix, inline or by reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MatrixInput {
+    /// Rows of integers.
+    Inline(Vec<Vec<i64>>),
+    /// A Redis key holding a `.npy` (as `starkscale submit` uploads it).
+    RedisKey(String),
+    /// A `.npy` or JSON file every process of the fleet can read.
+    Path(String),
+}
+
+/// A vector, inline or by reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum VectorInput {
+    Inline(Vec<i64>),
+    RedisKey(String),
+    Path(String),
+}
+
+/// A matvec job as submitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Must be 1.
+    pub schema_version: u32,
+    /// Client-chosen id; resubmitting the same id is idempotent. Generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    pub kind: JobKind,
+    /// Element type of A and x.
+    pub dtype: Dtype,
+    /// The matrix A.
+    pub a: MatrixInput,
+    /// The vector x.
+    pub x: VectorInput,
+    /// Tile height (default 254; at most 1022). Tiles are always 1024 columns wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile_rows: Option<usize>,
+}
+
+impl JobSpec {
+    /// Parses a job message: size first, then JSON, then [`JobSpec::validate`].
+    pub fn parse(bytes: &[u8], limits: &JobLimits) -> Result<JobSpec, JobError> {
+        if bytes.len() > limits.max_job_bytes {
+            return Err(JobError::TooLarge {
+                size: bytes.len(),
+                max: limits.max_job_bytes,
+            });
+        }
+        let job: JobSpec =
+            serde_json::from_slice(bytes).map_err(|e| JobError::Json(e.to_string()))?;
+        job.validate(limits)?;
+        Ok(job)
+    }
+
+    /// Checks what can be checked without loading referenced inputs.
+    pub fn validate(&self, limits: &JobLimits) -> Result<(), JobError> {
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(JobError::SchemaVersion(self.schema_version));
+        }
+        if let Some(id) = &self.job_id {
+            let ok = (1..=64).contains(&id.len())
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !ok {
+                return Err(JobError::JobId(id.clone()));
+            }
+        }
+        if let Some(rows) = self.tile_rows {
+            if !(1..=MAX_TILE_ROWS).contains(&rows) {
+                return Err(JobError::Limit(format!(
+                    "tile_rows {rows} is outside 1..={MAX_TILE_ROWS}"
+                )));
+            }
+        }
+        for (what, reference) in [("a", self.a.reference()), ("x", self.x.reference())] {
+            if let Some(r) = reference {
+                if r.is_empty() || r.len() > 1024 {
+                    return Err(JobError::Limit(format!(
+                        "{what}: reference must be 1-1024 bytes"
+                    )));
+                }
+            }
+        }
+        if let (MatrixInput::Inline(_), VectorInput::Inline(_)) = (&self.a, &self.x) {
+            let (a, x) = self.inline_inputs()?;
+            check_shapes(&a, &x, self.tile_rows(), limits)?;
+        }
+        Ok(())
+    }
+
+    pub fn tile_rows(&self) -> usize {
+        self.tile_rows.unwrap_or(DEFAULT_TILE_ROWS)
+    }
+
+    /// A and x when both are inline, range-checked against the dtype.
+    pub fn inline_inputs(&self) -> Result<(Matrix, Vector), JobError> {
+        let a = match &self.a {
+            MatrixInput::Inline(rows) => matrix_from_rows(rows, self.dtype)?,
+            _ => return Err(JobError::Shape("A is not inline".into())),
+        };
+        let x = match &self.x {
+            VectorInput::Inline(values) => Vector::new(self.dtype, values.clone())
+                .map_err(|source| JobError::Input { what: "x", source })?,
+            _ => return Err(JobError::Shape("x is not inline".into())),
+        };
+        Ok((a, x))
+    }
+}
+
+impl MatrixInput {
+    fn reference(&self) -> Option<&str> {
+        match self {
+            MatrixInput::Inline(_) => None,
+            MatrixInput::RedisKey(r) | MatrixInput::Path(r) => Some(r),
+        }
+    }
+}
+
+impl VectorInput {
+    fn reference(&self) -> Option<&str> {
+        match self {
+            VectorInput::Inline(_) => None,
+            VectorInput::RedisKey(r) | VectorInput::Path(r) => Some(r),
+        }
+    }
+}
+
+fn matrix_from_rows(rows: &[Vec<i64>], dtype: Dtype) -> Result<Matrix, JobError> {
+    let input = |source| JobError::Input { what: "a", source };
+    let cols = rows.first().map_or(0, Vec::len);
+    if let Some((i, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != cols) {
+        return Err(JobError::Shape(format!(
+            "row {i} of A has {} entries, row 0 has {cols}",
+            row.len()
+        )));
+    }
+    Matrix::new(rows.len(), cols, dtype, rows.concat()).map_err(input)
+}
+
+/// Shape and size checks shared by inline and loaded inputs.
+pub fn check_shapes(
+    a: &Matrix,
+    x: &Vector,
+    tile_rows: usize,
+    limits: &JobLimits,
+) -> Result<(), JobError> {
+    if a.cols() != x.len() {
+        return Err(JobError::Shape(format!(
+            "A is {}x{} but x has {} entries",
+            a.rows(),
+            a.cols(),
+            x.len()
+        )));
+    }
+    let entries = a.rows().saturating_mul(a.cols());
+    if entries > limits.max_entries {
+        return Err(JobError::Limit(format!(
+            "A has {entries} entries, over the {} limit",
+            limits.max_entries
+        )));
+    }
+    let tiles = TilePlan::new(a.rows(), a.cols(), tile_rows).len();
+    if tiles > limits.max_tiles {
+        return Err(JobError::Limit(format!(
+            "the job needs {tiles} tiles, over the {} limit",
+            limits.max_tiles
+        )));
+    }
+    Ok(())
+}
+
+/// The JSON Schema of [`JobSpec`], as committed in `schemas/job.schema.json`.
+pub fn job_schema() -> String {
+    let schema = schemars::schema_for!(JobSpec);
+    // A derived schema always serializes.
+    #[allow(clippy::expect_used)]
+    let mut text = serde_json::to_string_pretty(&schema).expect("schema serializes");
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<JobSpec, JobError> {
+        JobSpec::parse(json.as_bytes(), &JobLimits::default())
+    }
+
+    const OK: &str = r#"{"schema_version":1,"kind":"matvec","dtype":"i8","a":{"inline":[[1,2],[3,4]]},"x":{"inline":[5,-6]}}"#;
+
+    #[test]
+    fn a_valid_job_parses() {
+        let job = parse(OK).unwrap();
+        let (a, x) = job.inline_inputs().unwrap();
+        assert_eq!(a.matvec(&x).unwrap(), vec![-7, -9]);
+        assert_eq!(job.tile_rows(), DEFAULT_TILE_ROWS);
+    }
+
+    #[test]
+    fn hostile_jobs_get_their_own_errors() {
+        type Expect = fn(&JobError) -> bool;
+        let cases: &[(&str, Expect)] = &[
+            ("not json", |e| matches!(e, JobError::Json(_))),
+            (
+                &OK.replace("\"kind\"", "\"extra\":1,\"kind\""),
+                |e| matches!(e, JobError::Json(m) if m.contains("unknown field")),
+            ),
+            (&OK.replace(":1,", ":2,"), |e| {
+                matches!(e, JobError::SchemaVersion(2))
+            }),
+            (&OK.replace("[5,-6]", "[5]"), |e| {
+                matches!(e, JobError::Shape(_))
+            }),
+            (&OK.replace("[3,4]", "[3]"), |e| {
+                matches!(e, JobError::Shape(_))
+            }),
+            (&OK.replace("[5,-6]", "[5,300]"), |e| {
+                matches!(e, JobError::Input { what: "x", .. })
+            }),
+            (&OK.replace("[1,2]", "[1,-129]"), |e| {
+                matches!(e, JobError::Input { what: "a", .. })
+            }),
+            (&OK.replace("[5,-6]", "[5,1e30]"), |e| {
+                matches!(e, JobError::Json(_))
+            }),
+            (&OK.replace("\"i8\"", "\"f32\""), |e| {
+                matches!(e, JobError::Json(_))
+            }),
+            (&OK.replace("matvec", "matmul"), |e| {
+                matches!(e, JobError::Json(_))
+            }),
+            (
+                &OK.replace("{\"inline\":[5,-6]}", "{\"inline\":[5,-6],\"path\":\"x\"}"),
+                |e| matches!(e, JobError::Json(_)),
+            ),
+            (
+                &OK.replace("\"kind\"", "\"job_id\":\"a b\",\"kind\""),
+                |e| matches!(e, JobError::JobId(_)),
+            ),
+            (&OK.replace("\"kind\"", "\"tile_rows\":0,\"kind\""), |e| {
+                matches!(e, JobError::Limit(_))
+            }),
+            (&OK.replace("\"kind\"", "\"tile_rows\":-3,\"kind\""), |e| {
+                matches!(e, JobError::Json(_))
+            }),
+            (
+                &OK.replace("{\"inline\":[[1,2],[3,4]]}", "{\"inline\":[]}"),
+                |e| matches!(e, JobError::Input { .. }),
+            ),
+            (&OK.replace("{\"inline\":[5,-6]}", "{\"path\":\"\"}"), |e| {
+                matches!(e, JobError::Limit(_))
+            }),
+        ];
+        for (json, expected) in cases {
+            let err = parse(json).unwrap_err();
+            assert!(expected(&err), "{json}: {err}");
+        }
+        let limits = JobLimits {
+            max_job_bytes: 10,
+            ..JobLimits::default()
+        };
+        assert!(matches!(
+            JobSpec::parse(OK.as_bytes(), &limits),
+            Err(JobError::TooLarge { .. })
+        ));
+        let limits = JobLimits {
+            max_entries: 3,
+            ..JobLimits::default()
+        };
+        assert!(matches!(
+            JobSpec::parse(OK.as_bytes(), &limits),
+            Err(JobError::Limit(_))
+        ));
+    }
+
+    #[test]
+    fn committed_schema_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/job.schema.json");
+        if std::env::var_os("STARKSCALE_WRITE_SCHEMA").is_some() {
+            std::fs::write(path, job_schema()).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == job_schema(),
+            "schemas/job.schema.json is stale: rerun this test with STARKSCALE_WRITE_SCHEMA=1"
+        );
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn example_jobs_are_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with("job-") && name.ends_with(".json") {
+                let bytes = std::fs::read(&path).unwrap();
+                JobSpec::parse(&bytes, &JobLimits::default())
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "found {seen} example jobs");
+    }
+}

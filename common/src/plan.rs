@@ -1,0 +1,136 @@
+//! Cutting a matrix into tiles.
+//!
+//! Every tile is at most `tile_rows` × [`TILE_COLS`]; edge tiles are smaller (the kernel pads
+//! them with zeros). Tile heights of the form 2^k − 2 keep the kernel's Blake2s compression count
+//! at a power of two (`(rows / 2 + 1) · 64 = 2^(k+5)`), which the prover pads to anyway; see
+//! `docs/bench.md` for what missing it costs.
+
+use serde::{Deserialize, Serialize};
+
+/// Columns of every tile (the map kernel's unrolled width).
+pub const TILE_COLS: usize = 1024;
+/// The default tile height: 8,192 compressions, ~300k steps, ~3.6 GB to prove.
+pub const DEFAULT_TILE_ROWS: usize = 254;
+/// The tallest tile the prover's setup covers.
+pub const MAX_TILE_ROWS: usize = 1022;
+
+/// Cairo steps the map kernel takes for a tile of `rows` rows: 2,385 of set-up (x digest, checks)
+/// and 2,355 per row pair, one fewer when the last row has no partner. Exact; the kernel's tests
+/// pin it against real runs.
+pub fn kernel_steps(rows: usize) -> usize {
+    2_385 + rows.div_ceil(2) * 2_355 - rows % 2
+}
+
+/// The tallest efficient tile (2^k − 2 rows) whose kernel run fits `step_budget`.
+pub fn tile_rows_for_budget(step_budget: usize) -> Option<usize> {
+    (2..=10)
+        .map(|k| (1usize << k) - 2)
+        .filter(|&rows| rows <= MAX_TILE_ROWS && kernel_steps(rows) <= step_budget)
+        .max()
+}
+
+/// One tile of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TileSpec {
+    /// Position in row-block-major order.
+    pub index: usize,
+    pub row_block: usize,
+    pub col_block: usize,
+    pub row0: usize,
+    pub col0: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// How a `rows` × `cols` matrix is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TilePlan {
+    pub rows: usize,
+    pub cols: usize,
+    pub tile_rows: usize,
+    pub tile_cols: usize,
+}
+
+impl TilePlan {
+    pub fn new(rows: usize, cols: usize, tile_rows: usize) -> TilePlan {
+        TilePlan {
+            rows,
+            cols,
+            tile_rows: tile_rows.clamp(1, MAX_TILE_ROWS),
+            tile_cols: TILE_COLS,
+        }
+    }
+
+    pub fn row_blocks(&self) -> usize {
+        self.rows.div_ceil(self.tile_rows)
+    }
+    pub fn col_blocks(&self) -> usize {
+        self.cols.div_ceil(self.tile_cols)
+    }
+    pub fn len(&self) -> usize {
+        self.row_blocks() * self.col_blocks()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn tile(&self, index: usize) -> Option<TileSpec> {
+        if index >= self.len() {
+            return None;
+        }
+        let (row_block, col_block) = (index / self.col_blocks(), index % self.col_blocks());
+        let (row0, col0) = (row_block * self.tile_rows, col_block * self.tile_cols);
+        Some(TileSpec {
+            index,
+            row_block,
+            col_block,
+            row0,
+            col0,
+            rows: self.tile_rows.min(self.rows - row0),
+            cols: self.tile_cols.min(self.cols - col0),
+        })
+    }
+
+    pub fn tiles(&self) -> impl Iterator<Item = TileSpec> + '_ {
+        (0..self.len()).filter_map(|i| self.tile(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_cover_the_matrix_exactly_once() {
+        for (rows, cols, tile_rows) in [
+            (1, 1, 254),
+            (254, 1024, 254),
+            (1000, 3000, 254),
+            (7, 2049, 2),
+        ] {
+            let plan = TilePlan::new(rows, cols, tile_rows);
+            let mut seen = vec![0u8; rows * cols];
+            for t in plan.tiles() {
+                assert!(t.rows >= 1 && t.rows <= tile_rows && t.cols >= 1 && t.cols <= TILE_COLS);
+                for r in t.row0..t.row0 + t.rows {
+                    for c in t.col0..t.col0 + t.cols {
+                        seen[r * cols + c] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&n| n == 1), "{rows}x{cols}");
+        }
+    }
+
+    #[test]
+    fn budgets_pick_power_of_two_compression_heights() {
+        assert_eq!(tile_rows_for_budget(kernel_steps(254)), Some(254));
+        assert_eq!(tile_rows_for_budget(kernel_steps(254) - 1), Some(126));
+        assert_eq!(tile_rows_for_budget(usize::MAX), Some(1022));
+        assert_eq!(tile_rows_for_budget(100), None);
+        // Measured by `bench kernel`.
+        for (rows, measured) in [(62, 75_390), (64, 77_745), (254, 301_470), (510, 602_910)] {
+            assert_eq!(kernel_steps(rows), measured, "{rows} rows");
+        }
+    }
+}
