@@ -173,6 +173,32 @@ fn tampering_is_rejected_with_distinct_reasons() {
 }
 
 #[test]
+fn random_corruption_never_verifies_and_never_panics() {
+    let _guard = one_at_a_time();
+    let (_, bytes) = small_proof();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for _ in 0..200 {
+        let mut bad = bytes.clone();
+        match rng.gen_range(0..3) {
+            0 => {
+                let at = rng.gen_range(0..bad.len());
+                bad[at] ^= 1 << rng.gen_range(0..8);
+            }
+            1 => bad.truncate(rng.gen_range(0..bad.len())),
+            _ => {
+                // Overwrite a run of bytes, as a corrupt length prefix or block would.
+                let at = rng.gen_range(0..bad.len());
+                let end = (at + rng.gen_range(1..64)).min(bad.len());
+                bad[at..end].iter_mut().for_each(|b| *b = rng.gen());
+            }
+        }
+        let result = std::panic::catch_unwind(|| verify_tile(&bad, true));
+        let result = result.expect("verify_tile must not panic");
+        assert!(result.is_err(), "a corrupted proof verified");
+    }
+}
+
+#[test]
 fn proof_of_another_program_is_refused() {
     let _guard = one_at_a_time();
     let run = run_program(
