@@ -4,11 +4,15 @@
 //!   loaded from JSON arrays or NumPy `.npy` files with range and shape checks.
 //! - [`job`]: the job format ([`JobSpec`]), its validation and its JSON Schema.
 //! - [`plan`]: how a matrix is cut into tiles ([`TilePlan`]) and how tall tiles should be.
+//! - [`broker`]: RabbitMQ topology and confirmed publishing ([`broker::AmqpBroker`]).
+//! - [`store`]: Redis with a TTL on every write ([`store::RedisStore`]).
 //!
 //! Nothing here touches the proving stack; `starkscale-cairo` owns that.
 
+pub mod broker;
 pub mod job;
 pub mod plan;
+pub mod store;
 pub mod tensor;
 
 pub use job::{JobError, JobLimits, JobSpec};
