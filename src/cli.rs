@@ -32,6 +32,8 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run a stateless worker: prove tile tasks from RabbitMQ until SIGTERM, then drain.
+    Worker(starkscale_worker::WorkerConfig),
 }
 
 #[derive(Args, Debug)]
@@ -95,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::ProveTile(args) => prove_tile(args),
         Command::VerifyTile(args) => verify_tile_cmd(args),
         Command::Bench(BenchCommand::Kernel(args)) => bench::kernel(args),
+        Command::Worker(config) => worker(config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,6 +153,32 @@ fn prove_tile(args: ProveTileArgs) -> Result<()> {
         profile.name()
     );
     Ok(())
+}
+
+fn worker(config: starkscale_worker::WorkerConfig) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = shutdown_on_signal()?;
+        starkscale_worker::run(config, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// A token cancelled by SIGTERM (compose, Kubernetes) or SIGINT (a terminal).
+fn shutdown_on_signal() -> Result<tokio_util::sync::CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("shutting down: finishing the task in hand");
+        cancel.cancel();
+    });
+    Ok(token)
 }
 
 fn verify_tile_cmd(args: VerifyTileArgs) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The `starkscale` command line.
 //!
-//! - [`cli`]: argument parsing and the commands (`prove-tile`, `verify-tile`, `bench kernel`).
+//! - [`cli`]: argument parsing and the commands (`prove-tile`, `verify-tile`, `bench kernel`,
+//!   `worker`).
 //! - [`bench`]: the kernel benchmark and its JSON report.
 //!
 //! Proving lives in `starkscale-cairo`; input formats in `starkscale-common`.

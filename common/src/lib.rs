@@ -4,6 +4,7 @@
 //!   loaded from JSON arrays or NumPy `.npy` files with range and shape checks.
 //! - [`job`]: the job format ([`JobSpec`]), its validation and its JSON Schema.
 //! - [`plan`]: how a matrix is cut into tiles ([`TilePlan`]) and how tall tiles should be.
+//! - [`messages`]: tasks, task events, and the Redis keyspace ([`messages::Keys`]).
 //! - [`broker`]: RabbitMQ topology and confirmed publishing ([`broker::AmqpBroker`]).
 //! - [`store`]: Redis with a TTL on every write ([`store::RedisStore`]).
 //!
@@ -11,6 +12,7 @@
 
 pub mod broker;
 pub mod job;
+pub mod messages;
 pub mod plan;
 pub mod store;
 pub mod tensor;

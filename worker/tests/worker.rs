@@ -1,0 +1,183 @@
+//! A worker against the real RabbitMQ and Redis: tasks in, proofs and events out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use lapin::options::BasicAckOptions;
+use lapin::types::FieldTable;
+use rand::{Rng, SeedableRng};
+use starkscale_cairo::verify_tile;
+use starkscale_common::broker::{dead_letter_reason, AmqpBroker, Topology};
+use starkscale_common::messages::{Keys, TaskEvent, TaskMsg, TaskOutcome, TileInputBlob};
+use starkscale_common::plan::TilePlan;
+use starkscale_common::store::RedisStore;
+use starkscale_common::{Dtype, Matrix, Vector};
+use starkscale_worker::{run, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const REDIS: &str = "redis://127.0.0.1:6379/";
+
+fn unique(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("test-{name}-{}-{nanos}", std::process::id())
+}
+
+async fn next(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
+    tokio::time::timeout(Duration::from_secs(120), consumer.next())
+        .await
+        .expect("a delivery within 120 s")
+        .expect("consumer open")
+        .expect("delivery ok")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_proves_tasks_and_survives_bad_ones() {
+    let prefix = unique("worker");
+    let topology = Topology::new(prefix.clone());
+    let keys = Keys::new(prefix.clone());
+    let broker = AmqpBroker::connect(AMQP, topology.clone()).await.unwrap();
+    let store = RedisStore::connect(REDIS).await.unwrap();
+
+    // A 3x40 tile of a job, stored as the coordinator would.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let a = Matrix::new(
+        3,
+        40,
+        Dtype::I8,
+        (0..120).map(|_| rng.gen_range(-128..=127)).collect(),
+    )
+    .unwrap();
+    let x = Vector::new(
+        Dtype::I8,
+        (0..40).map(|_| rng.gen_range(-128..=127)).collect(),
+    )
+    .unwrap();
+    let job = "job-1";
+    let tile = TilePlan::new(3, 40, 254).tile(0).unwrap();
+    let blob = TileInputBlob {
+        row0: 0,
+        col0: 0,
+        a: a.clone(),
+        x: x.clone(),
+    };
+    store
+        .put(
+            &keys.tile_input(job, 0),
+            &blob.to_bytes(),
+            Duration::from_secs(300),
+        )
+        .await
+        .unwrap();
+
+    let publish = |body: Vec<u8>| {
+        let broker = &broker;
+        let queue = topology.tasks();
+        async move {
+            broker
+                .publish(&queue, &body, FieldTable::default())
+                .await
+                .unwrap()
+        }
+    };
+    publish(b"{not a task".to_vec()).await;
+    let task = TaskMsg {
+        job_id: job.into(),
+        tile,
+        attempt: 1,
+    };
+    publish(serde_json::to_vec(&task).unwrap()).await;
+    let orphan = TaskMsg {
+        job_id: "job-gone".into(),
+        tile,
+        attempt: 1,
+    };
+    publish(serde_json::to_vec(&orphan).unwrap()).await;
+
+    let shutdown = CancellationToken::new();
+    let config = WorkerConfig {
+        amqp_url: AMQP.into(),
+        redis_url: REDIS.into(),
+        prefix: prefix.clone(),
+        profile: "test".into(),
+        name: Some("w1".into()),
+        result_ttl_s: 300,
+        max_steps: 1 << 22,
+    };
+    let worker = tokio::spawn(run(config, shutdown.clone()));
+
+    let mut events = broker
+        .consume(&topology.events(), 10, "events")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let delivery = next(&mut events).await;
+        seen.push(serde_json::from_slice::<TaskEvent>(&delivery.data).unwrap());
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let proven = seen
+        .iter()
+        .find(|e| e.job_id == job)
+        .expect("an event for the job");
+    assert_eq!(
+        (proven.tile_index, proven.attempt, proven.worker.as_str()),
+        (0, 1, "w1")
+    );
+    assert!(
+        matches!(proven.outcome, TaskOutcome::Proven { .. }),
+        "{:?}",
+        proven.outcome
+    );
+    let missing = seen
+        .iter()
+        .find(|e| e.job_id == "job-gone")
+        .expect("an event for the orphan");
+    assert!(
+        matches!(&missing.outcome, TaskOutcome::Failed { permanent: true, reason } if reason.contains("no tile input")),
+        "{:?}",
+        missing.outcome
+    );
+
+    // The stored proof verifies, states the native product and commits to the tile's inputs.
+    let proof = store
+        .get(&keys.proof(job, 0, 1))
+        .await
+        .unwrap()
+        .expect("proof stored");
+    assert!(
+        store.ttl(&keys.proof(job, 0, 1)).await.unwrap().is_some(),
+        "proof key has a TTL"
+    );
+    let verified = verify_tile(&proof, true).unwrap();
+    assert_eq!(verified.output.y, a.matvec(&x).unwrap());
+    verified.check_inputs(Some(&a), Some(&x)).unwrap();
+
+    // The malformed task was dead-lettered with its reason.
+    let mut dead = broker.consume(&topology.dead(), 10, "dead").await.unwrap();
+    let copy = next(&mut dead).await;
+    assert_eq!(copy.data, b"{not a task");
+    assert!(dead_letter_reason(&copy.properties)
+        .unwrap()
+        .starts_with("malformed task"));
+    copy.ack(BasicAckOptions::default()).await.unwrap();
+
+    // Shutdown drains and returns cleanly.
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    store
+        .delete(&[keys.tile_input(job, 0), keys.proof(job, 0, 1)])
+        .await
+        .unwrap();
+    broker.delete_topology().await.unwrap();
+}
