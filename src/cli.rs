@@ -34,6 +34,8 @@ enum Command {
     Bench(BenchCommand),
     /// Run a stateless worker: prove tile tasks from RabbitMQ until SIGTERM, then drain.
     Worker(starkscale_worker::WorkerConfig),
+    /// Run the coordinator: validate and plan jobs, verify every tile proof, publish results.
+    Coordinator(starkscale_coordinator::CoordinatorConfig),
 }
 
 #[derive(Args, Debug)]
@@ -97,7 +99,14 @@ pub fn main() -> ExitCode {
         Command::ProveTile(args) => prove_tile(args),
         Command::VerifyTile(args) => verify_tile_cmd(args),
         Command::Bench(BenchCommand::Kernel(args)) => bench::kernel(args),
-        Command::Worker(config) => worker(config),
+        Command::Worker(config) => {
+            serve(|shutdown| async move { Ok(starkscale_worker::run(config, shutdown).await?) })
+        }
+        Command::Coordinator(config) => {
+            serve(
+                |shutdown| async move { Ok(starkscale_coordinator::run(config, shutdown).await?) },
+            )
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,12 +164,16 @@ fn prove_tile(args: ProveTileArgs) -> Result<()> {
     Ok(())
 }
 
-fn worker(config: starkscale_worker::WorkerConfig) -> Result<()> {
+/// Runs a long-lived service until SIGTERM or SIGINT.
+fn serve<F, Fut>(service: F) -> Result<()>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let shutdown = shutdown_on_signal()?;
-        starkscale_worker::run(config, shutdown).await?;
-        Ok(())
+        service(shutdown).await
     })
 }
 
@@ -175,7 +188,7 @@ fn shutdown_on_signal() -> Result<tokio_util::sync::CancellationToken> {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        eprintln!("shutting down: finishing the task in hand");
+        eprintln!("shutting down: finishing the work in hand");
         cancel.cancel();
     });
     Ok(token)

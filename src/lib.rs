@@ -1,7 +1,7 @@
 //! The `starkscale` command line.
 //!
 //! - [`cli`]: argument parsing and the commands (`prove-tile`, `verify-tile`, `bench kernel`,
-//!   `worker`).
+//!   `worker`, `coordinator`).
 //! - [`bench`]: the kernel benchmark and its JSON report.
 //!
 //! Proving lives in `starkscale-cairo`; input formats in `starkscale-common`.

@@ -17,6 +17,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 
 /// Deliveries of one message before the broker dead-letters it (a poison task must not loop).
 pub const DELIVERY_LIMIT: i64 = 5;
+/// Results kept in the results log queue (oldest dropped first).
+pub const RESULTS_LOG_LENGTH: i64 = 10_000;
 /// Header carrying why a message was dead-lettered.
 pub const REASON_HEADER: &str = "x-starkscale-reason";
 
@@ -73,6 +75,10 @@ impl Topology {
     /// Topic exchange of job results (routing key = job id).
     pub fn results(&self) -> String {
         format!("{}.results", self.prefix)
+    }
+    /// Keeps the latest results, so a result always has a route even with no client listening.
+    pub fn results_log(&self) -> String {
+        format!("{}.results.log", self.prefix)
     }
     pub fn work_queues(&self) -> [String; 3] {
         [self.jobs(), self.tasks(), self.events()]
@@ -196,7 +202,88 @@ impl AmqpBroker {
                 .await
                 .map_err(declare_err(&queue))?;
         }
+        let log = t.results_log();
+        let mut log_args = FieldTable::default();
+        log_args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(RESULTS_LOG_LENGTH),
+        );
+        ch.queue_declare(log.as_str().into(), queue_opts, log_args)
+            .await
+            .map_err(declare_err(&log))?;
+        ch.queue_bind(
+            log.as_str().into(),
+            t.results().as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_err(&log))?;
         Ok(())
+    }
+
+    /// Publishes a job's result to the results exchange (routing key = job id) and, when the
+    /// client asked with `reply_to`, to that queue too.
+    pub async fn publish_result(
+        &self,
+        job_id: &str,
+        reply_to: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), BrokerError> {
+        self.publish_to(
+            &self.topology.results(),
+            job_id,
+            body,
+            FieldTable::default(),
+        )
+        .await?;
+        if let Some(queue) = reply_to {
+            self.publish(queue, body, FieldTable::default()).await?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes to results whose routing key matches `pattern` (a job id, or `#` for all),
+    /// through an exclusive queue that disappears with the connection.
+    pub async fn subscribe_results(&self, pattern: &str) -> Result<Consumer, BrokerError> {
+        let err = |e: lapin::Error| BrokerError::Consume {
+            queue: self.topology.results(),
+            message: e.to_string(),
+        };
+        let channel = self.connection.create_channel().await.map_err(err)?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+        let name = queue.name().as_str().to_string();
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                self.topology.results().as_str().into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+        channel
+            .basic_consume(
+                name.as_str().into(),
+                "results".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)
     }
 
     /// Publishes a persistent message to `queue` and waits for the broker's confirm.
@@ -306,7 +393,7 @@ impl AmqpBroker {
     /// Deletes every queue and exchange of the topology (tests clean up with this).
     pub async fn delete_topology(&self) -> Result<(), BrokerError> {
         let t = &self.topology;
-        for queue in t.work_queues().iter().chain([&t.dead()]) {
+        for queue in t.work_queues().iter().chain([&t.dead(), &t.results_log()]) {
             self.publisher
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await

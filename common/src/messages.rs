@@ -43,6 +43,35 @@ pub enum TaskOutcome {
     Failed { reason: String, permanent: bool },
 }
 
+/// How a job ended. Published to the results exchange and stored at [`Keys::result`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobResult {
+    /// The job's id (for a job rejected before its id could be read: `"invalid"`).
+    pub job_id: String,
+    pub status: JobStatus,
+    /// Why the job failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<Vec<i64>>,
+    /// Redis key of the certificate (the verified tile proofs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_key: Option<String>,
+    pub tiles: usize,
+    /// Seconds from accepting the job to its result.
+    pub wall_s: f64,
+    /// Sum over accepted tiles of their run + prove seconds, and of the coordinator's verify time.
+    pub tile_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Succeeded,
+    Failed,
+}
+
 /// The Redis keyspace of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -62,6 +91,14 @@ impl Keys {
     /// The proof of one attempt at one tile.
     pub fn proof(&self, job_id: &str, tile: usize, attempt: u32) -> String {
         format!("{}:job:{job_id}:tile:{tile}:proof:{attempt}", self.prefix)
+    }
+    /// The job's [`JobResult`], as JSON.
+    pub fn result(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}:result", self.prefix)
+    }
+    /// The job's certificate.
+    pub fn certificate(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}:certificate", self.prefix)
     }
 }
 
