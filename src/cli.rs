@@ -10,7 +10,7 @@ use starkscale_cairo::run::DEFAULT_MAX_STEPS;
 use starkscale_cairo::{run_map, verify_tile, Profile, Prover, TileInput};
 use starkscale_common::{Dtype, Matrix, Vector};
 
-use crate::bench;
+use crate::{bench, client};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,6 +36,10 @@ enum Command {
     Worker(starkscale_worker::WorkerConfig),
     /// Run the coordinator: validate and plan jobs, verify every tile proof, publish results.
     Coordinator(starkscale_coordinator::CoordinatorConfig),
+    /// Submit a job to the fleet; with --wait, print its result.
+    Submit(client::SubmitArgs),
+    /// Print a finished job's result; --out also saves its certificate.
+    Result(client::ResultArgs),
 }
 
 #[derive(Args, Debug)]
@@ -107,6 +111,8 @@ pub fn main() -> ExitCode {
                 |shutdown| async move { Ok(starkscale_coordinator::run(config, shutdown).await?) },
             )
         }
+        Command::Submit(args) => serve(|_| client::submit(args)),
+        Command::Result(args) => serve(|_| client::result(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -164,7 +170,7 @@ fn prove_tile(args: ProveTileArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs a long-lived service until SIGTERM or SIGINT.
+/// Runs an async command; long-lived services stop when the token is cancelled (SIGTERM/SIGINT).
 fn serve<F, Fut>(service: F) -> Result<()>
 where
     F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,

@@ -1,0 +1,153 @@
+//! The fleet as a user runs it: `starkscale coordinator` and `starkscale worker` processes on the
+//! real RabbitMQ and Redis, jobs through `starkscale submit --wait`, results through
+//! `starkscale result`, and SIGTERM to stop.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+struct Service(Child);
+
+impl Service {
+    fn start(args: &[&str], prefix: &str) -> Service {
+        let child = Command::new(env!("CARGO_BIN_EXE_starkscale"))
+            .args(args)
+            .env("STARKSCALE_PREFIX", prefix)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Service(child)
+    }
+
+    /// SIGTERM, then the exit status within `limit`.
+    fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "did not exit within {limit:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+fn starkscale(args: &[&str], prefix: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_starkscale"))
+        .args(args)
+        .env("STARKSCALE_PREFIX", prefix)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn submit_wait_result_and_sigterm() {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("test-cli-{}-{nanos}", std::process::id());
+    let coordinator = Service::start(&["coordinator", "--allow-test-profile"], &prefix);
+    let worker = Service::start(&["worker", "--profile", "test"], &prefix);
+
+    let job = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/job-inline.json");
+    let out = starkscale(&["submit", job, "--wait", "--timeout-s", "300"], &prefix);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(job).unwrap()).unwrap();
+    let a = spec["a"]["inline"].as_array().unwrap();
+    let x = spec["x"]["inline"].as_array().unwrap();
+    let native: Vec<i64> = a
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .zip(x)
+                .map(|(a, x)| a.as_i64().unwrap() * x.as_i64().unwrap())
+                .sum()
+        })
+        .collect();
+    assert_eq!(result["status"], "succeeded");
+    assert_eq!(result["y"], serde_json::json!(native));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("job.cert");
+    let out = starkscale(
+        &["result", "example-inline", "--out", cert.to_str().unwrap()],
+        &prefix,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&cert).unwrap().starts_with(b"SSFC"));
+
+    // A job the coordinator refuses: submit --wait reports the reason and fails.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"schema_version":1,"job_id":"bad","kind":"matvec","dtype":"i8","a":{"path":"/nonexistent.npy"},"x":{"inline":[1]}}"#,
+    )
+    .unwrap();
+    let out = starkscale(
+        &[
+            "submit",
+            bad.to_str().unwrap(),
+            "--wait",
+            "--timeout-s",
+            "60",
+        ],
+        &prefix,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    assert!(coordinator.terminate(Duration::from_secs(30)).success());
+    clean_up(&prefix, &["example-inline", "bad"]);
+}
+
+fn clean_up(prefix: &str, jobs: &[&str]) {
+    use starkscale_common::broker::{AmqpBroker, Topology};
+    use starkscale_common::messages::Keys;
+    use starkscale_common::store::RedisStore;
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let broker = AmqpBroker::connect(
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            Topology::new(prefix),
+        )
+        .await
+        .unwrap();
+        broker.delete_topology().await.unwrap();
+        let store = RedisStore::connect("redis://127.0.0.1:6379/")
+            .await
+            .unwrap();
+        let keys = Keys::new(prefix);
+        let all: Vec<String> = jobs
+            .iter()
+            .flat_map(|j| [keys.result(j), keys.certificate(j)])
+            .collect();
+        store.delete(&all).await.unwrap();
+    });
+}
