@@ -9,31 +9,10 @@ use futures_util::StreamExt;
 use lapin::options::BasicAckOptions;
 use lapin::types::FieldTable;
 use starkscale_common::broker::{AmqpBroker, Topology};
+use starkscale_common::config::FleetConfig;
 use starkscale_common::messages::{JobResult, JobStatus, Keys};
 use starkscale_common::store::RedisStore;
 use starkscale_common::{JobLimits, JobSpec};
-
-/// Where the fleet is.
-#[derive(Debug, Clone, Args)]
-pub struct FleetArgs {
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "STARKSCALE_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-    /// Redis URL.
-    #[arg(
-        long,
-        env = "STARKSCALE_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
-    pub redis_url: String,
-    /// Prefix of queue, exchange and key names.
-    #[arg(long, env = "STARKSCALE_PREFIX", default_value = "starkscale")]
-    pub prefix: String,
-}
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -46,7 +25,7 @@ pub struct SubmitArgs {
     #[arg(long, default_value_t = 3600)]
     pub timeout_s: u64,
     #[command(flatten)]
-    pub fleet: FleetArgs,
+    pub fleet: FleetConfig,
 }
 
 #[derive(Debug, Args)]
@@ -57,7 +36,7 @@ pub struct ResultArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[command(flatten)]
-    pub fleet: FleetArgs,
+    pub fleet: FleetConfig,
 }
 
 pub async fn submit(args: SubmitArgs) -> Result<()> {

@@ -5,12 +5,14 @@
 //! - [`job`]: the job format ([`JobSpec`]), its validation and its JSON Schema.
 //! - [`plan`]: how a matrix is cut into tiles ([`TilePlan`]) and how tall tiles should be.
 //! - [`messages`]: tasks, task events, and the Redis keyspace ([`messages::Keys`]).
+//! - [`config`]: where the fleet is ([`config::FleetConfig`]), shared by every process.
 //! - [`broker`]: RabbitMQ topology and confirmed publishing ([`broker::AmqpBroker`]).
 //! - [`store`]: Redis with a TTL on every write ([`store::RedisStore`]).
 //!
 //! Nothing here touches the proving stack; `starkscale-cairo` owns that.
 
 pub mod broker;
+pub mod config;
 pub mod job;
 pub mod messages;
 pub mod plan;

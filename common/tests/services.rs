@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -11,18 +11,8 @@ use lapin::types::FieldTable;
 use starkscale_common::broker::{
     dead_letter_reason, AmqpBroker, BrokerError, Topology, DELIVERY_LIMIT,
 };
+use starkscale_common::config::{unique_prefix, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
 use starkscale_common::store::RedisStore;
-
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const REDIS: &str = "redis://127.0.0.1:6379/";
-
-fn unique(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("test-{name}-{}-{nanos}", std::process::id())
-}
 
 async fn next(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
     tokio::time::timeout(Duration::from_secs(10), consumer.next())
@@ -41,10 +31,14 @@ fn requeue() -> BasicNackOptions {
 
 #[tokio::test]
 async fn publish_consume_ack_and_redeclare() {
-    let topology = Topology::new(unique("ack"));
-    let broker = AmqpBroker::connect(AMQP, topology.clone()).await.unwrap();
+    let topology = Topology::new(unique_prefix("ack"));
+    let broker = AmqpBroker::connect(DEFAULT_AMQP_URL, topology.clone())
+        .await
+        .unwrap();
     // Every process declares the topology; doing it again must be harmless.
-    let again = AmqpBroker::connect(AMQP, topology.clone()).await.unwrap();
+    let again = AmqpBroker::connect(DEFAULT_AMQP_URL, topology.clone())
+        .await
+        .unwrap();
 
     broker
         .publish(&topology.tasks(), b"tile 1", FieldTable::default())
@@ -73,10 +67,12 @@ async fn publish_consume_ack_and_redeclare() {
 
 #[tokio::test]
 async fn unroutable_publish_is_an_error() {
-    let topology = Topology::new(unique("returned"));
-    let broker = AmqpBroker::connect(AMQP, topology).await.unwrap();
+    let topology = Topology::new(unique_prefix("returned"));
+    let broker = AmqpBroker::connect(DEFAULT_AMQP_URL, topology)
+        .await
+        .unwrap();
     let err = broker
-        .publish(&unique("no-such-queue"), b"x", FieldTable::default())
+        .publish(&unique_prefix("no-such-queue"), b"x", FieldTable::default())
         .await
         .unwrap_err();
     assert!(matches!(err, BrokerError::Returned(_)), "{err}");
@@ -85,8 +81,10 @@ async fn unroutable_publish_is_an_error() {
 
 #[tokio::test]
 async fn dead_letter_keeps_the_message_and_its_reason() {
-    let topology = Topology::new(unique("dead"));
-    let broker = AmqpBroker::connect(AMQP, topology.clone()).await.unwrap();
+    let topology = Topology::new(unique_prefix("dead"));
+    let broker = AmqpBroker::connect(DEFAULT_AMQP_URL, topology.clone())
+        .await
+        .unwrap();
     broker
         .publish(&topology.jobs(), b"{bad json", FieldTable::default())
         .await
@@ -111,8 +109,10 @@ async fn dead_letter_keeps_the_message_and_its_reason() {
 
 #[tokio::test]
 async fn a_message_redelivered_past_the_limit_is_dead_lettered() {
-    let topology = Topology::new(unique("limit"));
-    let broker = AmqpBroker::connect(AMQP, topology.clone()).await.unwrap();
+    let topology = Topology::new(unique_prefix("limit"));
+    let broker = AmqpBroker::connect(DEFAULT_AMQP_URL, topology.clone())
+        .await
+        .unwrap();
     broker
         .publish(&topology.tasks(), b"poison", FieldTable::default())
         .await
@@ -130,8 +130,8 @@ async fn a_message_redelivered_past_the_limit_is_dead_lettered() {
 
 #[tokio::test]
 async fn redis_writes_expire_and_put_if_absent_is_idempotent() {
-    let store = RedisStore::connect(REDIS).await.unwrap();
-    let key = unique("store");
+    let store = RedisStore::connect(DEFAULT_REDIS_URL).await.unwrap();
+    let key = unique_prefix("store");
     assert_eq!(store.get(&key).await.unwrap(), None);
     assert!(store
         .put_if_absent(&key, b"first", Duration::from_secs(60))

@@ -25,6 +25,7 @@ use lapin::options::BasicAckOptions;
 use lapin::types::FieldTable;
 use starkscale_cairo::verify_tile;
 use starkscale_common::broker::{AmqpBroker, BrokerError, Topology};
+use starkscale_common::config::FleetConfig;
 use starkscale_common::job::{check_shapes, JobLimits, MatrixInput, VectorInput};
 use starkscale_common::messages::{
     JobResult, JobStatus, Keys, TaskEvent, TaskMsg, TaskOutcome, TileInputBlob,
@@ -37,23 +38,8 @@ use tracing::{info, warn};
 /// Coordinator settings; every flag also reads a `STARKSCALE_*` variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoordinatorConfig {
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "STARKSCALE_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-    /// Redis URL.
-    #[arg(
-        long,
-        env = "STARKSCALE_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
-    pub redis_url: String,
-    /// Prefix of queue, exchange and key names.
-    #[arg(long, env = "STARKSCALE_PREFIX", default_value = "starkscale")]
-    pub prefix: String,
+    #[command(flatten)]
+    pub fleet: FleetConfig,
     /// Attempts per tile before the job fails.
     #[arg(long, env = "STARKSCALE_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
@@ -109,9 +95,9 @@ pub async fn run(
     config: CoordinatorConfig,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
-    let topology = Topology::new(config.prefix.clone());
-    let broker = AmqpBroker::connect(&config.amqp_url, topology.clone()).await?;
-    let store = RedisStore::connect(&config.redis_url).await?;
+    let topology = Topology::new(config.fleet.prefix.clone());
+    let broker = AmqpBroker::connect(&config.fleet.amqp_url, topology.clone()).await?;
+    let store = RedisStore::connect(&config.fleet.redis_url).await?;
     let limits = JobLimits {
         max_job_bytes: config.max_job_bytes,
         ..JobLimits::default()
@@ -119,7 +105,7 @@ pub async fn run(
     let mut coordinator = Coordinator {
         broker,
         store,
-        keys: Keys::new(config.prefix.clone()),
+        keys: Keys::new(config.fleet.prefix.clone()),
         config,
         limits,
         jobs: HashMap::new(),

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::BasicAckOptions;
@@ -10,23 +10,13 @@ use lapin::types::FieldTable;
 use rand::{Rng, SeedableRng};
 use starkscale_cairo::verify_tile;
 use starkscale_common::broker::{dead_letter_reason, AmqpBroker, Topology};
+use starkscale_common::config::{unique_prefix, FleetConfig, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
 use starkscale_common::messages::{JobResult, JobStatus};
 use starkscale_common::store::RedisStore;
 use starkscale_common::{Dtype, Matrix, Vector};
 use starkscale_coordinator::CoordinatorConfig;
 use starkscale_worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
-
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const REDIS: &str = "redis://127.0.0.1:6379/";
-
-fn unique(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("test-{name}-{}-{nanos}", std::process::id())
-}
 
 async fn next(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
     let delivery = tokio::time::timeout(Duration::from_secs(180), consumer.next())
@@ -40,16 +30,16 @@ async fn next(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_jobs_get_errors_and_a_good_job_gets_the_verified_product() {
-    let prefix = unique("fleet");
+    let prefix = unique_prefix("fleet");
     let topology = Topology::new(prefix.clone());
-    let client = AmqpBroker::connect(AMQP, topology.clone()).await.unwrap();
+    let client = AmqpBroker::connect(DEFAULT_AMQP_URL, topology.clone())
+        .await
+        .unwrap();
     let mut results = client.subscribe_results("#").await.unwrap();
     let shutdown = CancellationToken::new();
     let coordinator = tokio::spawn(starkscale_coordinator::run(
         CoordinatorConfig {
-            amqp_url: AMQP.into(),
-            redis_url: REDIS.into(),
-            prefix: prefix.clone(),
+            fleet: FleetConfig::local(prefix.clone()),
             max_attempts: 3,
             job_ttl_s: 600,
             allow_test_profile: true,
@@ -59,9 +49,7 @@ async fn bad_jobs_get_errors_and_a_good_job_gets_the_verified_product() {
     ));
     let worker = tokio::spawn(starkscale_worker::run(
         WorkerConfig {
-            amqp_url: AMQP.into(),
-            redis_url: REDIS.into(),
-            prefix: prefix.clone(),
+            fleet: FleetConfig::local(prefix.clone()),
             profile: "test".into(),
             name: Some("w1".into()),
             result_ttl_s: 600,
@@ -141,7 +129,7 @@ async fn bad_jobs_get_errors_and_a_good_job_gets_the_verified_product() {
     assert_eq!(good.y.as_ref(), Some(&native));
 
     // The certificate holds one verifying proof per tile.
-    let store = RedisStore::connect(REDIS).await.unwrap();
+    let store = RedisStore::connect(DEFAULT_REDIS_URL).await.unwrap();
     let key = good.certificate_key.clone().unwrap();
     let certificate = store.get(&key).await.unwrap().unwrap();
     assert_eq!(&certificate[..4], b"SSFC");

@@ -22,6 +22,7 @@ use lapin::types::FieldTable;
 use starkscale_cairo::run::DEFAULT_MAX_STEPS;
 use starkscale_cairo::{run_map, Profile, Prover, TileInput};
 use starkscale_common::broker::{AmqpBroker, BrokerError, Topology};
+use starkscale_common::config::FleetConfig;
 use starkscale_common::messages::{Keys, TaskEvent, TaskMsg, TaskOutcome, TileInputBlob};
 use starkscale_common::store::{RedisStore, StoreError};
 use tokio_util::sync::CancellationToken;
@@ -30,23 +31,8 @@ use tracing::{info, warn};
 /// Worker settings; every flag also reads a `STARKSCALE_*` variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerConfig {
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "STARKSCALE_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-    /// Redis URL.
-    #[arg(
-        long,
-        env = "STARKSCALE_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
-    pub redis_url: String,
-    /// Prefix of queue, exchange and key names.
-    #[arg(long, env = "STARKSCALE_PREFIX", default_value = "starkscale")]
-    pub prefix: String,
+    #[command(flatten)]
+    pub fleet: FleetConfig,
     /// Security profile of the proofs (production or test).
     #[arg(long, env = "STARKSCALE_PROFILE", default_value = "production")]
     pub profile: String,
@@ -87,9 +73,9 @@ struct Worker {
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let profile = Profile::parse(&config.profile)
         .ok_or_else(|| WorkerError::Profile(config.profile.clone()))?;
-    let topology = Topology::new(config.prefix.clone());
-    let broker = AmqpBroker::connect(&config.amqp_url, topology.clone()).await?;
-    let store = RedisStore::connect(&config.redis_url).await?;
+    let topology = Topology::new(config.fleet.prefix.clone());
+    let broker = AmqpBroker::connect(&config.fleet.amqp_url, topology.clone()).await?;
+    let store = RedisStore::connect(&config.fleet.redis_url).await?;
     let name = config
         .name
         .clone()
@@ -101,7 +87,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let worker = Worker {
         broker,
         store,
-        keys: Keys::new(config.prefix.clone()),
+        keys: Keys::new(config.fleet.prefix.clone()),
         prover: Arc::new(prover),
         name,
         ttl: Duration::from_secs(config.result_ttl_s),

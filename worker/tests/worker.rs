@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::BasicAckOptions;
@@ -10,23 +10,13 @@ use lapin::types::FieldTable;
 use rand::{Rng, SeedableRng};
 use starkscale_cairo::verify_tile;
 use starkscale_common::broker::{dead_letter_reason, AmqpBroker, Topology};
+use starkscale_common::config::{unique_prefix, FleetConfig, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
 use starkscale_common::messages::{Keys, TaskEvent, TaskMsg, TaskOutcome, TileInputBlob};
 use starkscale_common::plan::TilePlan;
 use starkscale_common::store::RedisStore;
 use starkscale_common::{Dtype, Matrix, Vector};
 use starkscale_worker::{run, WorkerConfig};
 use tokio_util::sync::CancellationToken;
-
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const REDIS: &str = "redis://127.0.0.1:6379/";
-
-fn unique(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("test-{name}-{}-{nanos}", std::process::id())
-}
 
 async fn next(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
     tokio::time::timeout(Duration::from_secs(120), consumer.next())
@@ -38,11 +28,13 @@ async fn next(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_proves_tasks_and_survives_bad_ones() {
-    let prefix = unique("worker");
+    let prefix = unique_prefix("worker");
     let topology = Topology::new(prefix.clone());
     let keys = Keys::new(prefix.clone());
-    let broker = AmqpBroker::connect(AMQP, topology.clone()).await.unwrap();
-    let store = RedisStore::connect(REDIS).await.unwrap();
+    let broker = AmqpBroker::connect(DEFAULT_AMQP_URL, topology.clone())
+        .await
+        .unwrap();
+    let store = RedisStore::connect(DEFAULT_REDIS_URL).await.unwrap();
 
     // A 3x40 tile of a job, stored as the coordinator would.
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
@@ -101,9 +93,7 @@ async fn worker_proves_tasks_and_survives_bad_ones() {
 
     let shutdown = CancellationToken::new();
     let config = WorkerConfig {
-        amqp_url: AMQP.into(),
-        redis_url: REDIS.into(),
-        prefix: prefix.clone(),
+        fleet: FleetConfig::local(prefix.clone()),
         profile: "test".into(),
         name: Some("w1".into()),
         result_ttl_s: 300,
