@@ -5,6 +5,8 @@ use std::sync::OnceLock;
 use cairo_air::utils::encode_and_hash_memory_section;
 use cairo_vm::types::program::Program;
 
+use stwo_cairo_common::memory::LARGE_MEMORY_VALUE_ID_BASE;
+
 use crate::encoding::Digest;
 
 /// `cairo-compile --proof_mode --no_debug_info` output of `programs/map.cairo`.
@@ -33,15 +35,34 @@ fn load(json: &[u8]) -> Program {
 /// stwo-cairo's verifier output reports), computed from the embedded program.
 pub fn map_program_hash() -> Digest {
     static HASH: OnceLock<Digest> = OnceLock::new();
-    *HASH.get_or_init(|| {
-        let section: Vec<(u32, [u32; 8])> = map_program()
+    *HASH.get_or_init(|| Digest(encode_and_hash_memory_section(map_program_section())))
+}
+
+/// The map kernel's bytecode as a proof's public memory lists it: (memory value id, limbs) per
+/// cell. Ids follow stwo-cairo's memory builder, which numbers distinct values in address order
+/// (the program is the first segment): small values (< 2^72) and others in separate ranges.
+/// `to_bytes` elides a program section only when it equals this exactly, so a mismatch here can
+/// only cost size, never correctness.
+pub(crate) fn map_program_section() -> &'static Vec<(u32, [u32; 8])> {
+    static SECTION: std::sync::OnceLock<Vec<(u32, [u32; 8])>> = std::sync::OnceLock::new();
+    SECTION.get_or_init(|| {
+        let mut small = std::collections::HashMap::new();
+        let mut large = std::collections::HashMap::new();
+        map_program()
             .iter_data()
             .map(|v| {
-                let felt = v.get_int_ref().copied().unwrap_or_default();
-                (0, felt_to_limbs(&felt))
+                let limbs = felt_to_limbs(&v.get_int_ref().copied().unwrap_or_default());
+                let is_small = limbs[3..].iter().all(|&l| l == 0) && limbs[2] < (1 << 8);
+                let id = if is_small {
+                    let n = small.len() as u32;
+                    *small.entry(limbs).or_insert(n)
+                } else {
+                    let n = large.len() as u32;
+                    *large.entry(limbs).or_insert(n) | LARGE_MEMORY_VALUE_ID_BASE
+                };
+                (id, limbs)
             })
-            .collect();
-        Digest(encode_and_hash_memory_section(&section))
+            .collect()
     })
 }
 

@@ -11,10 +11,8 @@
 use cairo_air::CairoProofForRustVerifier;
 use stwo::core::vcs_lifted::blake2_merkle::Blake2sMerkleHasher;
 
-use stwo_cairo_common::memory::LARGE_MEMORY_VALUE_ID_BASE;
-
 use crate::encoding::Digest;
-use crate::program::{felt_to_limbs, map_program};
+use crate::program::map_program_section;
 use crate::prove::Profile;
 use crate::verify::VerifyError;
 
@@ -132,32 +130,4 @@ impl TileProof {
             &self.proof.claim.public_data.public_memory.program,
         ))
     }
-}
-
-/// The map kernel's bytecode as a proof's public memory lists it: (memory value id, limbs) per
-/// cell. Ids follow stwo-cairo's memory builder, which numbers distinct values in address order
-/// (the program is the first segment): small values (< 2^72) and others in separate ranges.
-/// `to_bytes` elides a program section only when it equals this exactly, so a mismatch here can
-/// only cost size, never correctness.
-fn map_program_section() -> &'static Vec<(u32, [u32; 8])> {
-    static SECTION: std::sync::OnceLock<Vec<(u32, [u32; 8])>> = std::sync::OnceLock::new();
-    SECTION.get_or_init(|| {
-        let mut small = std::collections::HashMap::new();
-        let mut large = std::collections::HashMap::new();
-        map_program()
-            .iter_data()
-            .map(|v| {
-                let limbs = felt_to_limbs(&v.get_int_ref().copied().unwrap_or_default());
-                let is_small = limbs[3..].iter().all(|&l| l == 0) && limbs[2] < (1 << 8);
-                let id = if is_small {
-                    let n = small.len() as u32;
-                    *small.entry(limbs).or_insert(n)
-                } else {
-                    let n = large.len() as u32;
-                    *large.entry(limbs).or_insert(n) | LARGE_MEMORY_VALUE_ID_BASE
-                };
-                (id, limbs)
-            })
-            .collect()
-    })
 }

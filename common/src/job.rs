@@ -5,6 +5,8 @@
 //! checked before parsing, and [`JobSpec::validate`] checks everything that does not need the
 //! referenced inputs (see [`JobError`] for every refusal).
 
+use std::path::Path;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +56,8 @@ pub enum JobError {
     Shape(String),
     #[error("{0}")]
     Limit(String),
+    #[error("{0} inputs are not supported yet")]
+    Unsupported(&'static str),
 }
 
 impl JobError {
@@ -159,7 +163,7 @@ impl JobSpec {
             }
         }
         if let (MatrixInput::Inline(_), VectorInput::Inline(_)) = (&self.a, &self.x) {
-            let (a, x) = self.inline_inputs()?;
+            let (a, x) = self.load_inputs()?;
             check_shapes(&a, &x, self.tile_rows(), limits)?;
         }
         Ok(())
@@ -169,17 +173,21 @@ impl JobSpec {
         self.tile_rows.unwrap_or(DEFAULT_TILE_ROWS)
     }
 
-    /// A and x when both are inline, range-checked against the dtype.
-    pub fn inline_inputs(&self) -> Result<(Matrix, Vector), JobError> {
+    /// A and x, inline or read from their paths, range-checked against the dtype. Inputs by
+    /// Redis key are the fleet's to fetch; this refuses them.
+    pub fn load_inputs(&self) -> Result<(Matrix, Vector), JobError> {
         let a = match &self.a {
-            MatrixInput::Inline(rows) => matrix_from_rows(rows, self.dtype)?,
-            _ => return Err(JobError::Shape("A is not inline".into())),
-        };
+            MatrixInput::Inline(rows) => Matrix::from_rows(rows, self.dtype),
+            MatrixInput::Path(p) => Matrix::load(Path::new(p), self.dtype),
+            MatrixInput::RedisKey(_) => return Err(JobError::Unsupported("A by Redis key")),
+        }
+        .map_err(|source| JobError::Input { what: "a", source })?;
         let x = match &self.x {
-            VectorInput::Inline(values) => Vector::new(self.dtype, values.clone())
-                .map_err(|source| JobError::Input { what: "x", source })?,
-            _ => return Err(JobError::Shape("x is not inline".into())),
-        };
+            VectorInput::Inline(values) => Vector::new(self.dtype, values.clone()),
+            VectorInput::Path(p) => Vector::load(Path::new(p), self.dtype),
+            VectorInput::RedisKey(_) => return Err(JobError::Unsupported("x by Redis key")),
+        }
+        .map_err(|source| JobError::Input { what: "x", source })?;
         Ok((a, x))
     }
 }
@@ -200,18 +208,6 @@ impl VectorInput {
             VectorInput::RedisKey(r) | VectorInput::Path(r) => Some(r),
         }
     }
-}
-
-fn matrix_from_rows(rows: &[Vec<i64>], dtype: Dtype) -> Result<Matrix, JobError> {
-    let input = |source| JobError::Input { what: "a", source };
-    let cols = rows.first().map_or(0, Vec::len);
-    if let Some((i, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != cols) {
-        return Err(JobError::Shape(format!(
-            "row {i} of A has {} entries, row 0 has {cols}",
-            row.len()
-        )));
-    }
-    Matrix::new(rows.len(), cols, dtype, rows.concat()).map_err(input)
 }
 
 /// Shape and size checks shared by inline and loaded inputs.
@@ -269,7 +265,7 @@ mod tests {
     #[test]
     fn a_valid_job_parses() {
         let job = parse(OK).unwrap();
-        let (a, x) = job.inline_inputs().unwrap();
+        let (a, x) = job.load_inputs().unwrap();
         assert_eq!(a.matvec(&x).unwrap(), vec![-7, -9]);
         assert_eq!(job.tile_rows(), DEFAULT_TILE_ROWS);
     }
@@ -289,9 +285,10 @@ mod tests {
             (&OK.replace("[5,-6]", "[5]"), |e| {
                 matches!(e, JobError::Shape(_))
             }),
-            (&OK.replace("[3,4]", "[3]"), |e| {
-                matches!(e, JobError::Shape(_))
-            }),
+            (
+                &OK.replace("[3,4]", "[3]"),
+                |e| matches!(e, JobError::Input { what: "a", source: TensorError::Shape(m) } if m.contains("row 1 has 1 entries")),
+            ),
             (&OK.replace("[5,-6]", "[5,300]"), |e| {
                 matches!(e, JobError::Input { what: "x", .. })
             }),

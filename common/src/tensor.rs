@@ -198,8 +198,17 @@ impl Matrix {
     }
 
     pub fn from_json(bytes: &[u8], dtype: Dtype) -> Result<Matrix, TensorError> {
+        // i128, so that values past i64 are reported as out of range rather than as bad JSON.
         let rows: Vec<Vec<i128>> =
             serde_json::from_slice(bytes).map_err(|e| TensorError::Json(e.to_string()))?;
+        Matrix::from_rows(&rows, dtype)
+    }
+
+    /// A matrix from equal-length rows, each value range-checked against `dtype`.
+    pub fn from_rows<T: Copy + Into<i128>>(
+        rows: &[Vec<T>],
+        dtype: Dtype,
+    ) -> Result<Matrix, TensorError> {
         let n_rows = rows.len();
         let n_cols = rows.first().map_or(0, Vec::len);
         let mut data = Vec::with_capacity(n_rows * n_cols);
@@ -211,7 +220,7 @@ impl Matrix {
                 )));
             }
             for &v in row {
-                data.push(dtype.check(v, data.len())?);
+                data.push(dtype.check(v.into(), data.len())?);
             }
         }
         Matrix::new(n_rows, n_cols, dtype, data)

@@ -16,7 +16,6 @@
 //! tasks and proofs stay in RabbitMQ and Redis until their TTL).
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
@@ -26,7 +25,7 @@ use lapin::types::FieldTable;
 use starkscale_cairo::verify_tile;
 use starkscale_common::broker::{AmqpBroker, BrokerError, Topology};
 use starkscale_common::config::FleetConfig;
-use starkscale_common::job::{check_shapes, JobLimits, MatrixInput, VectorInput};
+use starkscale_common::job::{check_shapes, JobLimits};
 use starkscale_common::messages::{
     JobResult, JobStatus, Keys, TaskEvent, TaskMsg, TaskOutcome, TileInputBlob,
 };
@@ -180,12 +179,16 @@ impl Coordinator {
             info!(job = %job_id, "duplicate submission ignored");
             return Ok(ack(&delivery).await?);
         }
-        let (a, x) = match load_inputs(&spec).and_then(|(a, x)| {
-            check_shapes(&a, &x, spec.tile_rows(), &self.limits).map_err(|e| e.to_string())?;
+        let (a, x) = match spec.load_inputs().and_then(|(a, x)| {
+            check_shapes(&a, &x, spec.tile_rows(), &self.limits)?;
             Ok((a, x))
         }) {
             Ok(inputs) => inputs,
-            Err(e) => return self.reject(&delivery, &job_id, reply_to, &e).await,
+            Err(e) => {
+                return self
+                    .reject(&delivery, &job_id, reply_to, &e.to_string())
+                    .await
+            }
         };
         let plan = TilePlan::new(a.rows(), a.cols(), spec.tile_rows());
         for tile in plan.tiles() {
@@ -438,28 +441,4 @@ impl Coordinator {
         info!(job = %job_id, status = ?result.status, wall_s = result.wall_s, "job finished");
         self.publish_result(&result, job.reply_to.as_deref()).await
     }
-}
-
-/// A and x of a job: inline, or files every process of the fleet can read.
-fn load_inputs(spec: &JobSpec) -> Result<(Matrix, Vector), String> {
-    let a = match &spec.a {
-        MatrixInput::Inline(rows) => {
-            let cols = rows.first().map_or(0, Vec::len);
-            Matrix::new(rows.len(), cols, spec.dtype, rows.concat())
-        }
-        MatrixInput::Path(p) => Matrix::load(Path::new(p), spec.dtype),
-        MatrixInput::RedisKey(_) => {
-            return Err("a: inputs by Redis key are not supported yet".into())
-        }
-    }
-    .map_err(|e| format!("a: {e}"))?;
-    let x = match &spec.x {
-        VectorInput::Inline(values) => Vector::new(spec.dtype, values.clone()),
-        VectorInput::Path(p) => Vector::load(Path::new(p), spec.dtype),
-        VectorInput::RedisKey(_) => {
-            return Err("x: inputs by Redis key are not supported yet".into())
-        }
-    }
-    .map_err(|e| format!("x: {e}"))?;
-    Ok((a, x))
 }
