@@ -1,6 +1,9 @@
-//! `starkscale bench kernel`: proves random tiles and reports one JSON object per tile.
+//! Benchmarks: `bench kernel` proves random tiles and reports one JSON object per tile; `bench
+//! fleet` runs a multi-tile job through a coordinator and a worker on RabbitMQ and Redis and
+//! reports orchestration overhead and per-task memory; `bench plan` times planning and
+//! publishing a job of many tiles.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use clap::Args;
@@ -10,8 +13,17 @@ use starkscale_cairo::encoding::DEFAULT_TILE_ROWS;
 use starkscale_cairo::run::run_map_unbound;
 use starkscale_cairo::run::DEFAULT_MAX_STEPS;
 use starkscale_cairo::verify::{timed_verify, verify_stark_only};
+use starkscale_cairo::Profile;
 use starkscale_cairo::{run_map, Prover, TileInput, TILE_COLS};
+use starkscale_common::broker::{AmqpBroker, Broker, Headers, Topology};
+use starkscale_common::config::FleetConfig;
+use starkscale_common::messages::{JobProgress, JobResult, JobStatus, Keys};
+use starkscale_common::store::{RedisStore, Store};
+use starkscale_common::tensor::npy;
 use starkscale_common::{Dtype, Matrix, Vector};
+use starkscale_coordinator::CoordinatorConfig;
+use starkscale_worker::WorkerConfig;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::parse_profile;
 
@@ -126,7 +138,7 @@ pub fn kernel(args: KernelArgs) -> Result<()> {
             setup_s,
             macs,
             macs_per_s: macs as f64 / (stats.run_s + stats.adapt_s + prove_s),
-            peak_rss_bytes: peak_rss_bytes(),
+            peak_rss_bytes: starkscale_worker::memory::peak_rss_bytes(),
             proof_bytes: bytes.len(),
         };
         println!("{}", serde_json::to_string(&report)?);
@@ -146,15 +158,297 @@ pub fn kernel(args: KernelArgs) -> Result<()> {
     Ok(())
 }
 
-/// Peak resident set size of this process (Linux `VmHWM`), 0 where unavailable.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+#[derive(Args, Debug)]
+pub struct FleetArgs {
+    /// Rows of the random matrix.
+    #[arg(long, default_value_t = 2 * DEFAULT_TILE_ROWS)]
+    rows: usize,
+    /// Columns of the random matrix.
+    #[arg(long, default_value_t = 2 * TILE_COLS)]
+    cols: usize,
+    /// Tile height.
+    #[arg(long, default_value_t = DEFAULT_TILE_ROWS)]
+    tile_rows: usize,
+    #[arg(long, default_value = "production")]
+    profile: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print only the JSON report.
+    #[arg(long)]
+    json: bool,
+    /// RabbitMQ and Redis to run on (queues and keys get a unique prefix, removed afterwards).
+    #[command(flatten)]
+    fleet: FleetConfig,
+}
+
+#[derive(Serialize)]
+struct FleetReport {
+    rows: usize,
+    cols: usize,
+    tile_rows: usize,
+    tiles: usize,
+    profile: &'static str,
+    /// From publishing the job to receiving its result, at the client.
+    wall_s: f64,
+    /// Sum over tiles of run + prove (worker) + verify (coordinator).
+    tile_s: f64,
+    /// wall_s / tile_s: what orchestration costs on top of the work itself.
+    overhead: f64,
+    macs_per_s: f64,
+    first_task_peak_rss_bytes: u64,
+    max_task_peak_rss_bytes: u64,
+    /// Largest later task peak over the first task's peak.
+    memory_growth: f64,
+}
+
+/// A random int8 matrix and vector, written as `.npy` files the fleet reads by path.
+fn random_inputs(
+    dir: &std::path::Path,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> Result<(String, String, Matrix, Vector)> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let a: Vec<i64> = (0..rows * cols)
+        .map(|_| rng.gen_range(-128..=127))
+        .collect();
+    let x: Vec<i64> = (0..cols).map(|_| rng.gen_range(-128..=127)).collect();
+    let (a_path, x_path) = (dir.join("a.npy"), dir.join("x.npy"));
+    std::fs::write(&a_path, npy::write_i8(&[rows, cols], &a))?;
+    std::fs::write(&x_path, npy::write_i8(&[cols], &x))?;
+    Ok((
+        a_path.display().to_string(),
+        x_path.display().to_string(),
+        Matrix::new(rows, cols, Dtype::I8, a)?,
+        Vector::new(Dtype::I8, x)?,
+    ))
+}
+
+fn bench_prefix(fleet: &FleetConfig, label: &str) -> FleetConfig {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    FleetConfig {
+        prefix: format!("{}-bench-{label}-{nanos}", fleet.prefix),
+        ..fleet.clone()
+    }
+}
+
+/// Waits until `queue` has a consumer (a worker that finished its prover set-up).
+async fn wait_for_consumer(broker: &AmqpBroker, queue: &str) -> Result<()> {
+    let started = Instant::now();
+    while broker.depth(queue).await?.1 == 0 {
+        ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "no worker came up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+pub async fn fleet(args: FleetArgs) -> Result<()> {
+    let profile = parse_profile(&args.profile)?;
+    let fleet = bench_prefix(&args.fleet, "fleet");
+    let dir = tempfile::tempdir()?;
+    let (a_path, x_path, a, x) = random_inputs(dir.path(), args.rows, args.cols, args.seed)?;
+    let job_id = "bench-fleet";
+    let job = serde_json::json!({
+        "schema_version": 1, "job_id": job_id, "kind": "matvec", "dtype": "i8",
+        "a": {"path": a_path}, "x": {"path": x_path}, "tile_rows": args.tile_rows,
+    });
+
+    let topology = Topology::new(fleet.prefix.clone());
+    let client = AmqpBroker::connect(&fleet.amqp_url, topology.clone()).await?;
+    let shutdown = CancellationToken::new();
+    let coordinator = tokio::spawn(starkscale_coordinator::run(
+        CoordinatorConfig {
+            allow_test_profile: profile == Profile::Test,
+            ..CoordinatorConfig::new(fleet.clone())
+        },
+        shutdown.clone(),
+    ));
+    let worker = tokio::spawn(starkscale_worker::run(
+        WorkerConfig {
+            name: Some("bench".into()),
+            ..WorkerConfig::new(fleet.clone(), profile)
+        },
+        shutdown.clone(),
+    ));
+    let outcome = async {
+        wait_for_consumer(&client, &topology.tasks()).await?;
+        let mut results = client.subscribe_results(job_id).await?;
+        let started = Instant::now();
+        client
+            .publish(
+                &topology.jobs(),
+                job.to_string().as_bytes(),
+                &Headers::new(),
+                None,
+            )
+            .await?;
+        let delivery = results.next().await?;
+        let wall_s = started.elapsed().as_secs_f64();
+        let result: JobResult = serde_json::from_slice(&delivery.body)?;
+        delivery.ack().await?;
+        ensure!(
+            result.status == JobStatus::Succeeded,
+            "the job failed: {:?}",
+            result.error
+        );
+        ensure!(
+            result.y.as_ref() == Some(&a.matvec(&x)?),
+            "the fleet's y differs from the native product"
+        );
+        Ok::<_, anyhow::Error>((wall_s, result))
+    }
+    .await;
+    shutdown.cancel();
+    let _ = coordinator.await;
+    let _ = worker.await;
+    let store = RedisStore::connect(&fleet.redis_url).await?;
+    let keys = Keys::new(fleet.prefix.clone());
+    store
+        .delete(&[
+            keys.result(job_id),
+            keys.progress(job_id),
+            keys.certificate(job_id),
+        ])
+        .await?;
+    client.delete_topology().await?;
+    let (wall_s, result) = outcome?;
+
+    let peaks: Vec<u64> = result
+        .tile_timings
+        .iter()
+        .map(|t| t.peak_rss_bytes)
+        .collect();
+    let first = peaks.first().copied().unwrap_or(0);
+    let max = peaks.iter().copied().max().unwrap_or(0);
+    let report = FleetReport {
+        rows: args.rows,
+        cols: args.cols,
+        tile_rows: args.tile_rows,
+        tiles: result.tiles,
+        profile: profile.name(),
+        wall_s,
+        tile_s: result.tile_s,
+        overhead: wall_s / result.tile_s,
+        macs_per_s: (args.rows * args.cols) as f64 / wall_s,
+        first_task_peak_rss_bytes: first,
+        max_task_peak_rss_bytes: max,
+        memory_growth: if first > 0 {
+            max as f64 / first as f64
+        } else {
+            0.0
+        },
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    if !args.json {
+        eprintln!(
+            "{} tiles: wall {:.1}s vs {:.1}s of tile work = {:.3}x; {:.0} MAC/s; task peaks {:.2}-{:.2} GB",
+            report.tiles,
+            report.wall_s,
+            report.tile_s,
+            report.overhead,
+            report.macs_per_s,
+            first as f64 / 1e9,
+            max as f64 / 1e9
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// Tiles in the job (two-row tiles of a N·2 × 1024 matrix).
+    #[arg(long, default_value_t = 10_000)]
+    tiles: usize,
+    #[arg(long)]
+    json: bool,
+    /// RabbitMQ and Redis to run on (queues and keys get a unique prefix, removed afterwards).
+    #[command(flatten)]
+    fleet: FleetConfig,
+}
+
+pub async fn plan(args: PlanArgs) -> Result<()> {
+    let fleet = bench_prefix(&args.fleet, "plan");
+    let dir = tempfile::tempdir()?;
+    let (a_path, x_path, _, _) = random_inputs(dir.path(), 2 * args.tiles, TILE_COLS, 1)?;
+    let job_id = "bench-plan";
+    let job = serde_json::json!({
+        "schema_version": 1, "job_id": job_id, "kind": "matvec", "dtype": "i8",
+        "a": {"path": a_path}, "x": {"path": x_path}, "tile_rows": 2,
+    });
+    let topology = Topology::new(fleet.prefix.clone());
+    let client = AmqpBroker::connect(&fleet.amqp_url, topology.clone()).await?;
+    let store = RedisStore::connect(&fleet.redis_url).await?;
+    let keys = Keys::new(fleet.prefix.clone());
+    let shutdown = CancellationToken::new();
+    let coordinator = tokio::spawn(starkscale_coordinator::run(
+        CoordinatorConfig::new(fleet.clone()),
+        shutdown.clone(),
+    ));
+    let outcome = async {
+        let mut results = client.subscribe_results(job_id).await?;
+        client
+            .publish(
+                &topology.jobs(),
+                job.to_string().as_bytes(),
+                &Headers::new(),
+                None,
+            )
+            .await?;
+        let started = Instant::now();
+        let progress = loop {
+            ensure!(
+                started.elapsed() < Duration::from_secs(120),
+                "planning never finished"
+            );
+            if let Some(bytes) = store.get(&keys.progress(job_id)).await? {
+                let progress: JobProgress = serde_json::from_slice(&bytes)?;
+                if progress.plan_s.is_some() {
+                    break progress;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let (queued, _) = client.depth(&topology.tasks()).await?;
+        // Cancel: the coordinator frees the job's keys.
+        let cancel = serde_json::json!({ "cancel": job_id });
+        client
+            .publish(
+                &topology.jobs(),
+                cancel.to_string().as_bytes(),
+                &Headers::new(),
+                None,
+            )
+            .await?;
+        let delivery = results.next().await?;
+        delivery.ack().await?;
+        Ok::<_, anyhow::Error>((progress, queued))
+    }
+    .await;
+    shutdown.cancel();
+    let _ = coordinator.await;
+    store
+        .delete(&[keys.result(job_id), keys.progress(job_id)])
+        .await?;
+    client.delete_topology().await?;
+    let (progress, queued) = outcome?;
+    let plan_s = progress.plan_s.unwrap_or_default();
+    let report = serde_json::json!({
+        "tiles": progress.tiles,
+        "tasks_queued": queued,
+        "plan_s": plan_s,
+        "tasks_per_s": progress.tiles as f64 / plan_s,
+    });
+    println!("{report}");
+    if !args.json {
+        eprintln!(
+            "planned and published {} tasks in {:.3}s ({} queued)",
+            progress.tiles, plan_s, queued
+        );
+    }
+    Ok(())
 }

@@ -36,10 +36,16 @@ enum Command {
     Worker(starkscale_worker::WorkerConfig),
     /// Run the coordinator: validate and plan jobs, verify every tile proof, publish results.
     Coordinator(starkscale_coordinator::CoordinatorConfig),
-    /// Submit a job to the fleet; with --wait, print its result.
+    /// Run a job in this process (no services needed): prints y, writes the certificate.
+    Run(client::RunArgs),
+    /// Submit a job to the fleet; with --wait, show progress and print its result.
     Submit(client::SubmitArgs),
+    /// Print a job's progress.
+    Status(client::JobIdArgs),
     /// Print a finished job's result; --out also saves its certificate.
     Result(client::ResultArgs),
+    /// Stop a running job and free its keys.
+    Cancel(client::CancelArgs),
 }
 
 #[derive(Args, Debug)]
@@ -94,6 +100,11 @@ struct VerifyTileArgs {
 enum BenchCommand {
     /// Prove random tiles and report throughput, memory and proof size.
     Kernel(bench::KernelArgs),
+    /// Run a multi-tile job through a coordinator and one worker; report orchestration overhead
+    /// and the worker's memory per task.
+    Fleet(bench::FleetArgs),
+    /// Time the coordinator planning and publishing a job of many tiles.
+    Plan(bench::PlanArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -103,6 +114,8 @@ pub fn main() -> ExitCode {
         Command::ProveTile(args) => prove_tile(args),
         Command::VerifyTile(args) => verify_tile_cmd(args),
         Command::Bench(BenchCommand::Kernel(args)) => bench::kernel(args),
+        Command::Bench(BenchCommand::Fleet(args)) => serve(|_| bench::fleet(args)),
+        Command::Bench(BenchCommand::Plan(args)) => serve(|_| bench::plan(args)),
         Command::Worker(config) => {
             serve(|shutdown| async move { Ok(starkscale_worker::run(config, shutdown).await?) })
         }
@@ -111,8 +124,11 @@ pub fn main() -> ExitCode {
                 |shutdown| async move { Ok(starkscale_coordinator::run(config, shutdown).await?) },
             )
         }
+        Command::Run(args) => serve(|_| client::run(args)),
         Command::Submit(args) => serve(|_| client::submit(args)),
+        Command::Status(args) => serve(|_| client::status(args)),
         Command::Result(args) => serve(|_| client::result(args)),
+        Command::Cancel(args) => serve(|_| client::cancel(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

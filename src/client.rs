@@ -1,29 +1,61 @@
-//! Client commands against a running fleet: `submit`, `result`.
+//! Client commands: `run` (the embedded mode), and `submit`, `status`, `result`, `cancel`
+//! against a running fleet.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use futures_util::StreamExt;
-use lapin::options::BasicAckOptions;
-use lapin::types::FieldTable;
-use starkscale_common::broker::{AmqpBroker, Topology};
+use indicatif::{ProgressBar, ProgressStyle};
+use starkscale_cairo::encoding::blake2s_words;
+use starkscale_cairo::Profile;
+use starkscale_common::broker::{AmqpBroker, Broker, Consumer, Headers, MemoryBroker, Topology};
 use starkscale_common::config::FleetConfig;
-use starkscale_common::messages::{JobResult, JobStatus, Keys};
-use starkscale_common::store::RedisStore;
+use starkscale_common::job::{CancelRequest, MatrixInput, VectorInput};
+use starkscale_common::messages::{JobProgress, JobResult, JobStatus, Keys};
+use starkscale_common::store::{MemoryStore, RedisStore, Store};
 use starkscale_common::{JobLimits, JobSpec};
+use starkscale_coordinator::CoordinatorConfig;
+use starkscale_worker::WorkerConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job file (JSON, see schemas/job.schema.json).
+    pub job: PathBuf,
+    /// Where to write the certificate (default: ./<job-id>.cert).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Security profile: production (96 bits) or test (28 bits; for trying things out).
+    #[arg(long, env = "STARKSCALE_PROFILE", default_value = "production")]
+    pub profile: String,
+}
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
     /// The job file (JSON, see schemas/job.schema.json).
     pub job: PathBuf,
-    /// Wait for the result and print it.
+    /// Wait for the result and print it, with a progress bar.
     #[arg(long)]
     pub wait: bool,
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 3600)]
     pub timeout_s: u64,
+    /// Upload inputs given by `path` to Redis and reference them by key, for a fleet that
+    /// cannot read this machine's files.
+    #[arg(long)]
+    pub upload: bool,
+    /// How long uploaded inputs live, in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub upload_ttl_s: u64,
+    #[command(flatten)]
+    pub fleet: FleetConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct JobIdArgs {
+    /// The job id.
+    pub job_id: String,
     #[command(flatten)]
     pub fleet: FleetConfig,
 }
@@ -39,25 +71,178 @@ pub struct ResultArgs {
     pub fleet: FleetConfig,
 }
 
-pub async fn submit(args: SubmitArgs) -> Result<()> {
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The job id.
+    pub job_id: String,
+    /// Give up waiting for the coordinator's confirmation after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_s: u64,
+    #[command(flatten)]
+    pub fleet: FleetConfig,
+}
+
+/// Reads and validates a job file, giving it an id if it has none.
+fn read_job(path: &Path) -> Result<JobSpec> {
     let limits = JobLimits::default();
-    let size = std::fs::metadata(&args.job)
-        .with_context(|| format!("reading {}", args.job.display()))?
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
         .len();
     if size > limits.max_job_bytes as u64 {
         bail!(
             "{} is {size} bytes, over the {}-byte job limit",
-            args.job.display(),
+            path.display(),
             limits.max_job_bytes
         );
     }
-    let bytes =
-        std::fs::read(&args.job).with_context(|| format!("reading {}", args.job.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     // Validate here too: a client should hear about a bad job before it travels.
     let mut spec = JobSpec::parse(&bytes, &limits)?;
-    let job_id = spec.job_id.get_or_insert_with(client_job_id).clone();
-    let body = serde_json::to_vec(&spec)?;
+    spec.job_id.get_or_insert_with(client_job_id);
+    Ok(spec)
+}
 
+/// `starkscale run`: the coordinator and a worker in this process, over the in-process broker
+/// and store, on one job.
+pub async fn run(args: RunArgs) -> Result<()> {
+    let profile = Profile::parse(&args.profile)
+        .with_context(|| format!("unknown profile '{}' (production, test)", args.profile))?;
+    let spec = read_job(&args.job)?;
+    let job_id = spec.job_id.clone().unwrap_or_default();
+    let fleet = FleetConfig::local("embedded");
+    let broker = MemoryBroker::new(Topology::new(fleet.prefix.clone()));
+    let store = MemoryStore::new();
+    let shutdown = CancellationToken::new();
+    let coordinator_config = CoordinatorConfig {
+        allow_test_profile: profile == Profile::Test,
+        ..CoordinatorConfig::new(fleet.clone())
+    };
+    let worker_config = WorkerConfig {
+        name: Some("embedded".into()),
+        ..WorkerConfig::new(fleet.clone(), profile)
+    };
+    let coordinator = tokio::spawn({
+        let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
+        async move { starkscale_coordinator::serve(broker, store, &coordinator_config, shutdown).await }
+    });
+    let worker = tokio::spawn({
+        let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
+        async move { starkscale_worker::serve(broker, store, &worker_config, shutdown).await }
+    });
+
+    let mut results = broker.subscribe_results(&job_id).await?;
+    let jobs = broker.topology().jobs();
+    broker
+        .publish(&jobs, &serde_json::to_vec(&spec)?, &Headers::new(), None)
+        .await?;
+    let keys = Keys::new(fleet.prefix.clone());
+    let waited = tokio::select! {
+        result = wait_for_result(&mut results, &store, &keys, &job_id, None) => result,
+        // A service that stops early (it only does on an error) ends the run with its error.
+        stopped = service_stopped(coordinator, worker) => Err(stopped),
+    };
+    shutdown.cancel();
+    let result = waited?;
+    if let Some(key) = &result.certificate_key {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{job_id}.cert")));
+        let certificate = store
+            .get(key)
+            .await?
+            .context("the certificate is missing")?;
+        std::fs::write(&out, certificate).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("certificate written to {}", out.display());
+    }
+    print_result(&result)
+}
+
+async fn service_stopped<E1, E2>(
+    coordinator: tokio::task::JoinHandle<Result<(), E1>>,
+    worker: tokio::task::JoinHandle<Result<(), E2>>,
+) -> anyhow::Error
+where
+    E1: std::error::Error + Send + Sync + 'static,
+    E2: std::error::Error + Send + Sync + 'static,
+{
+    let describe = |name: &str, outcome: String| anyhow::anyhow!("the {name} stopped: {outcome}");
+    tokio::select! {
+        c = coordinator => describe("coordinator", match c {
+            Ok(Ok(())) => "without an error".into(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        }),
+        w = worker => describe("worker", match w {
+            Ok(Ok(())) => "without an error".into(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        }),
+    }
+}
+
+/// Waits for a job's result, drawing a progress bar from its stored progress.
+async fn wait_for_result<S: Store>(
+    results: &mut Consumer,
+    store: &S,
+    keys: &Keys,
+    job_id: &str,
+    timeout: Option<Duration>,
+) -> Result<JobResult> {
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} tiles, {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(job_id.to_string());
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let result = loop {
+        tokio::select! {
+            delivery = results.next() => {
+                let delivery = delivery?;
+                let body = delivery.body.clone();
+                delivery.ack().await?;
+                break serde_json::from_slice::<JobResult>(&body).context("decoding the result")?;
+            }
+            _ = tick.tick() => {
+                if timeout.is_some_and(|t| started.elapsed() > t) {
+                    bar.abandon();
+                    bail!("timed out waiting for the result of {job_id}");
+                }
+                if let Some(progress) = read_progress(store, keys, job_id).await? {
+                    bar.set_length(progress.tiles as u64);
+                    bar.set_position(progress.proven as u64);
+                }
+            }
+        }
+    };
+    bar.finish_and_clear();
+    Ok(result)
+}
+
+async fn read_progress<S: Store>(
+    store: &S,
+    keys: &Keys,
+    job_id: &str,
+) -> Result<Option<JobProgress>> {
+    let Some(bytes) = store.get(&keys.progress(job_id)).await? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        serde_json::from_slice(&bytes).context("decoding the job's progress")?,
+    ))
+}
+
+pub async fn submit(args: SubmitArgs) -> Result<()> {
+    let mut spec = read_job(&args.job)?;
+    let job_id = spec.job_id.clone().unwrap_or_default();
+    let keys = Keys::new(args.fleet.prefix.clone());
+    let store = RedisStore::connect(&args.fleet.redis_url).await?;
+    if args.upload {
+        upload_inputs(&mut spec, &store, &keys, args.upload_ttl_s).await?;
+    }
+    let body = serde_json::to_vec(&spec)?;
     let topology = Topology::new(args.fleet.prefix.clone());
     let broker = AmqpBroker::connect(&args.fleet.amqp_url, topology.clone()).await?;
     // Subscribe before publishing, so the result cannot slip past.
@@ -67,21 +252,106 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
         None
     };
     broker
-        .publish(&topology.jobs(), &body, FieldTable::default())
+        .publish(&topology.jobs(), &body, &Headers::new(), None)
         .await?;
     eprintln!("submitted {job_id}");
     let Some(results) = results.as_mut() else {
         println!("{job_id}");
         return Ok(());
     };
-    let delivery = tokio::time::timeout(Duration::from_secs(args.timeout_s), results.next())
-        .await
-        .context("timed out waiting for the result")?
-        .context("the results subscription closed")??;
-    delivery.ack(BasicAckOptions::default()).await?;
-    let result: JobResult =
-        serde_json::from_slice(&delivery.data).context("decoding the result")?;
+    let timeout = Duration::from_secs(args.timeout_s);
+    let result = wait_for_result(results, &store, &keys, &job_id, Some(timeout)).await?;
+    broker.close().await;
     print_result(&result)
+}
+
+/// Replaces `path` inputs by Redis keys holding the files' bytes, named by their digest.
+async fn upload_inputs(
+    spec: &mut JobSpec,
+    store: &RedisStore,
+    keys: &Keys,
+    ttl_s: u64,
+) -> Result<()> {
+    let ttl = Duration::from_secs(ttl_s);
+    let upload = |path: String| async move {
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {path}"))?;
+        let key = keys.upload(&content_digest(&bytes));
+        store.put(&key, &bytes, ttl).await?;
+        eprintln!("uploaded {path} ({} bytes) to {key}", bytes.len());
+        Ok::<_, anyhow::Error>(key)
+    };
+    if let MatrixInput::Path(path) = &spec.a {
+        spec.a = MatrixInput::RedisKey(upload(path.clone()).await?);
+    }
+    if let VectorInput::Path(path) = &spec.x {
+        spec.x = VectorInput::RedisKey(upload(path.clone()).await?);
+    }
+    Ok(())
+}
+
+/// Blake2s-256 of a file's bytes (zero-padded to whole words), as hex.
+fn content_digest(bytes: &[u8]) -> String {
+    let words: Vec<u32> = bytes
+        .chunks(4)
+        .map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            u32::from_le_bytes(w)
+        })
+        .collect();
+    format!("{}-{}", blake2s_words(&words).to_hex(), bytes.len())
+}
+
+pub async fn status(args: JobIdArgs) -> Result<()> {
+    let store = RedisStore::connect(&args.fleet.redis_url).await?;
+    let keys = Keys::new(args.fleet.prefix.clone());
+    let Some(progress) = read_progress(&store, &keys, &args.job_id).await? else {
+        bail!("no job {} (unknown, or expired)", args.job_id);
+    };
+    println!("{}", serde_json::to_string(&progress)?);
+    eprintln!(
+        "{}: {:?}, {}/{} tiles proven, {} retries",
+        progress.job_id, progress.status, progress.proven, progress.tiles, progress.retries
+    );
+    Ok(())
+}
+
+pub async fn cancel(args: CancelArgs) -> Result<()> {
+    let store = RedisStore::connect(&args.fleet.redis_url).await?;
+    let keys = Keys::new(args.fleet.prefix.clone());
+    match read_progress(&store, &keys, &args.job_id).await? {
+        None => bail!("no job {} (unknown, or expired)", args.job_id),
+        Some(p) if p.status.is_final() => {
+            bail!("job {} is not running: {:?}", args.job_id, p.status)
+        }
+        Some(_) => {}
+    }
+    let topology = Topology::new(args.fleet.prefix.clone());
+    let broker = AmqpBroker::connect(&args.fleet.amqp_url, topology.clone()).await?;
+    let mut results = broker.subscribe_results(&args.job_id).await?;
+    let request = CancelRequest {
+        cancel: args.job_id.clone(),
+    };
+    broker
+        .publish(
+            &topology.jobs(),
+            &serde_json::to_vec(&request)?,
+            &Headers::new(),
+            None,
+        )
+        .await?;
+    let timeout = Duration::from_secs(args.timeout_s);
+    let result = wait_for_result(&mut results, &store, &keys, &args.job_id, Some(timeout)).await?;
+    broker.close().await;
+    println!("{}", serde_json::to_string(&result)?);
+    if result.status != JobStatus::Cancelled {
+        bail!(
+            "job {} ended {:?} before the cancel",
+            args.job_id,
+            result.status
+        );
+    }
+    Ok(())
 }
 
 pub async fn result(args: ResultArgs) -> Result<()> {
@@ -105,13 +375,18 @@ pub async fn result(args: ResultArgs) -> Result<()> {
     print_result(&result)
 }
 
+/// Prints the result as one JSON line; an error exit unless the job succeeded.
 fn print_result(result: &JobResult) -> Result<()> {
     println!("{}", serde_json::to_string(result)?);
     match result.status {
         JobStatus::Succeeded => Ok(()),
-        JobStatus::Failed => bail!(
-            "job {} failed: {}",
+        status => bail!(
+            "job {} {}: {}",
             result.job_id,
+            match status {
+                JobStatus::Cancelled => "was cancelled",
+                _ => "failed",
+            },
             result.error.as_deref().unwrap_or("no reason given")
         ),
     }

@@ -56,8 +56,10 @@ pub enum JobError {
     Shape(String),
     #[error("{0}")]
     Limit(String),
-    #[error("{0} inputs are not supported yet")]
-    Unsupported(&'static str),
+    #[error("{what}: no input at Redis key {key:?} (not uploaded, or expired)")]
+    MissingReference { what: &'static str, key: String },
+    #[error("{what}: inputs by Redis key are read by the fleet, not here")]
+    NotFetched { what: &'static str },
 }
 
 impl JobError {
@@ -163,7 +165,7 @@ impl JobSpec {
             }
         }
         if let (MatrixInput::Inline(_), VectorInput::Inline(_)) = (&self.a, &self.x) {
-            let (a, x) = self.load_inputs()?;
+            let (a, x) = self.load_inputs((None, None))?;
             check_shapes(&a, &x, self.tile_rows(), limits)?;
         }
         Ok(())
@@ -174,21 +176,71 @@ impl JobSpec {
     }
 
     /// A and x, inline or read from their paths, range-checked against the dtype. Inputs by
-    /// Redis key are the fleet's to fetch; this refuses them.
-    pub fn load_inputs(&self) -> Result<(Matrix, Vector), JobError> {
+    /// Redis key must have been fetched by the caller (see [`JobSpec::redis_keys`]) and are
+    /// passed as `fetched` (A's bytes, x's bytes).
+    pub fn load_inputs(
+        &self,
+        fetched: (Option<&[u8]>, Option<&[u8]>),
+    ) -> Result<(Matrix, Vector), JobError> {
         let a = match &self.a {
             MatrixInput::Inline(rows) => Matrix::from_rows(rows, self.dtype),
             MatrixInput::Path(p) => Matrix::load(Path::new(p), self.dtype),
-            MatrixInput::RedisKey(_) => return Err(JobError::Unsupported("A by Redis key")),
+            MatrixInput::RedisKey(_) => match fetched.0 {
+                Some(bytes) => Matrix::from_bytes(bytes, self.dtype),
+                None => return Err(JobError::NotFetched { what: "a" }),
+            },
         }
         .map_err(|source| JobError::Input { what: "a", source })?;
         let x = match &self.x {
             VectorInput::Inline(values) => Vector::new(self.dtype, values.clone()),
             VectorInput::Path(p) => Vector::load(Path::new(p), self.dtype),
-            VectorInput::RedisKey(_) => return Err(JobError::Unsupported("x by Redis key")),
+            VectorInput::RedisKey(_) => match fetched.1 {
+                Some(bytes) => Vector::from_bytes(bytes, self.dtype),
+                None => return Err(JobError::NotFetched { what: "x" }),
+            },
         }
         .map_err(|source| JobError::Input { what: "x", source })?;
         Ok((a, x))
+    }
+
+    /// The Redis keys A and x are referenced by, if they are.
+    pub fn redis_keys(&self) -> (Option<&str>, Option<&str>) {
+        let a = match &self.a {
+            MatrixInput::RedisKey(k) => Some(k.as_str()),
+            _ => None,
+        };
+        let x = match &self.x {
+            VectorInput::RedisKey(k) => Some(k.as_str()),
+            _ => None,
+        };
+        (a, x)
+    }
+}
+
+/// A request on the jobs queue to stop a job: `{"cancel": "<job id>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    pub cancel: String,
+}
+
+/// What arrives on the jobs queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Job(Box<JobSpec>),
+    Cancel(String),
+}
+
+impl Request {
+    /// A cancel request, or else a job ([`JobSpec::parse`], whose errors are the ones reported).
+    pub fn parse(bytes: &[u8], limits: &JobLimits) -> Result<Request, JobError> {
+        // A cancel request is tiny; anything else is a job and is checked as one.
+        if bytes.len() <= 256 {
+            if let Ok(cancel) = serde_json::from_slice::<CancelRequest>(bytes) {
+                return Ok(Request::Cancel(cancel.cancel));
+            }
+        }
+        JobSpec::parse(bytes, limits).map(|job| Request::Job(Box::new(job)))
     }
 }
 
@@ -265,7 +317,7 @@ mod tests {
     #[test]
     fn a_valid_job_parses() {
         let job = parse(OK).unwrap();
-        let (a, x) = job.load_inputs().unwrap();
+        let (a, x) = job.load_inputs((None, None)).unwrap();
         assert_eq!(a.matvec(&x).unwrap(), vec![-7, -9]);
         assert_eq!(job.tile_rows(), DEFAULT_TILE_ROWS);
     }

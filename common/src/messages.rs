@@ -1,4 +1,5 @@
-//! Messages between coordinator and workers, and the Redis keyspace they share.
+//! Messages between coordinator and workers, the records the coordinator keeps in the store, and
+//! the keyspace they share.
 //!
 //! Keys are deterministic (`starkscale:job:{id}:...`), so a redelivered task rewrites the same
 //! key instead of adding a second result; every key is written with the job's TTL.
@@ -38,6 +39,9 @@ pub enum TaskOutcome {
         run_s: f64,
         prove_s: f64,
         proof_bytes: usize,
+        /// The worker's peak resident memory during this task.
+        #[serde(default)]
+        peak_rss_bytes: u64,
     },
     /// The tile cannot be proven. `permanent` failures (bad input, step limit) are not retried.
     Failed { reason: String, permanent: bool },
@@ -63,16 +67,115 @@ pub struct JobResult {
     pub wall_s: f64,
     /// Sum over accepted tiles of their run + prove seconds, and of the coordinator's verify time.
     pub tile_s: f64,
+    /// Per accepted tile: who proved it, how long it took, and the worker's peak memory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tile_timings: Vec<TileTiming>,
+}
+
+/// How one tile was proven.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TileTiming {
+    pub tile: usize,
+    pub attempt: u32,
+    pub worker: String,
+    /// Run + prove seconds reported by the worker, plus the coordinator's verify time.
+    pub seconds: f64,
+    pub peak_rss_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
+    /// Planned; tiles are being proven.
+    Running,
     Succeeded,
     Failed,
+    /// Stopped by a cancel request; its keys are freed.
+    Cancelled,
 }
 
-/// The Redis keyspace of one deployment.
+impl JobStatus {
+    pub fn is_final(self) -> bool {
+        self != JobStatus::Running
+    }
+}
+
+/// How far a job has got, at [`Keys::progress`]; what `starkscale status` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobProgress {
+    pub job_id: String,
+    pub status: JobStatus,
+    pub tiles: usize,
+    /// Tiles whose proof the coordinator has verified and accepted.
+    pub proven: usize,
+    /// Attempts sent back (failed or rejected proofs).
+    pub retries: usize,
+    /// When the coordinator accepted the job, in Unix milliseconds.
+    pub started_unix_ms: u64,
+    /// Seconds the coordinator took from receiving the job to all its tasks being published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_s: Option<f64>,
+}
+
+/// What the coordinator needs to carry a job on, at [`Keys::plan`]: written once when the job is
+/// planned, so that a restarted coordinator picks the job up where it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub tile_rows: usize,
+    pub reply_to: Option<String>,
+    pub started_unix_ms: u64,
+    /// Blake2s digest (hex) of each tile's A entries, by tile index: what its proof must state.
+    pub a_digests: Vec<String>,
+    /// Blake2s digest (hex) of each column block of x.
+    pub x_digests: Vec<String>,
+}
+
+/// One tile's state, a field of the hash at [`Keys::tiles`] (field = tile index).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TileRecord {
+    /// The attempt whose event the coordinator waits for (or accepted).
+    pub attempt: u32,
+    /// The tile's partial y, once its proof is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<Vec<i64>>,
+    /// Run + prove seconds reported for the accepted attempt, plus the coordinator's verify time.
+    #[serde(default)]
+    pub seconds: f64,
+    /// The worker that proved the accepted attempt, and its peak memory doing so.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub worker: String,
+    #[serde(default)]
+    pub peak_rss_bytes: u64,
+}
+
+impl Default for TileRecord {
+    /// A tile waiting for its first attempt.
+    fn default() -> TileRecord {
+        TileRecord {
+            attempt: 1,
+            y: None,
+            seconds: 0.0,
+            worker: String::new(),
+            peak_rss_bytes: 0,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The store's keyspace of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
@@ -83,6 +186,18 @@ impl Keys {
         Keys {
             prefix: prefix.into(),
         }
+    }
+    /// The job's [`JobRecord`].
+    pub fn plan(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}:plan", self.prefix)
+    }
+    /// The job's [`JobProgress`]; also the claim that makes resubmission idempotent.
+    pub fn progress(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}:progress", self.prefix)
+    }
+    /// Hash of [`TileRecord`]s by tile index.
+    pub fn tiles(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}:tiles", self.prefix)
     }
     /// The inputs of one tile ([`TileInputBlob`]): all a worker reads.
     pub fn tile_input(&self, job_id: &str, tile: usize) -> String {
@@ -99,6 +214,20 @@ impl Keys {
     /// The job's certificate.
     pub fn certificate(&self, job_id: &str) -> String {
         format!("{}:job:{job_id}:certificate", self.prefix)
+    }
+    /// An input uploaded by `starkscale submit --upload`, named by its content digest.
+    pub fn upload(&self, digest_hex: &str) -> String {
+        format!("{}:input:{digest_hex}", self.prefix)
+    }
+    /// Every key a job of `tiles` tiles and up to `max_attempts` attempts holds while it runs
+    /// (not its progress, result and certificate, which outlive it).
+    pub fn working_set(&self, job_id: &str, tiles: usize, max_attempts: u32) -> Vec<String> {
+        let mut keys = vec![self.plan(job_id), self.tiles(job_id)];
+        for tile in 0..tiles {
+            keys.push(self.tile_input(job_id, tile));
+            keys.extend((1..=max_attempts).map(|a| self.proof(job_id, tile, a)));
+        }
+        keys
     }
 }
 

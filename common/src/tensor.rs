@@ -181,19 +181,32 @@ impl Matrix {
             .collect())
     }
 
-    /// Reads a matrix from JSON (an array of equal-length rows) or `.npy` (2-D), by extension.
+    /// Reads a matrix from JSON (an array of equal-length rows) or `.npy` (2-D).
     pub fn load(path: &Path, dtype: Dtype) -> Result<Matrix, TensorError> {
         let bytes = read_limited(path)?;
         if is_npy(path, &bytes) {
-            let (shape, values) = npy::parse(&bytes, dtype)?;
-            match shape.as_slice() {
-                [r, c] => Matrix::new(*r, *c, dtype, values),
-                other => Err(TensorError::Shape(format!(
-                    "expected a 2-D array, got shape {other:?}"
-                ))),
-            }
+            Matrix::from_npy(&bytes, dtype)
         } else {
             Matrix::from_json(&bytes, dtype)
+        }
+    }
+
+    /// A matrix from `.npy` bytes (recognised by their magic) or JSON.
+    pub fn from_bytes(bytes: &[u8], dtype: Dtype) -> Result<Matrix, TensorError> {
+        if bytes.starts_with(npy::MAGIC) {
+            Matrix::from_npy(bytes, dtype)
+        } else {
+            Matrix::from_json(bytes, dtype)
+        }
+    }
+
+    fn from_npy(bytes: &[u8], dtype: Dtype) -> Result<Matrix, TensorError> {
+        let (shape, values) = npy::parse(bytes, dtype)?;
+        match shape.as_slice() {
+            [r, c] => Matrix::new(*r, *c, dtype, values),
+            other => Err(TensorError::Shape(format!(
+                "expected a 2-D array, got shape {other:?}"
+            ))),
         }
     }
 
@@ -271,15 +284,28 @@ impl Vector {
     pub fn load(path: &Path, dtype: Dtype) -> Result<Vector, TensorError> {
         let bytes = read_limited(path)?;
         if is_npy(path, &bytes) {
-            let (shape, values) = npy::parse(&bytes, dtype)?;
-            match shape.as_slice() {
-                [_] | [_, 1] => Vector::new(dtype, values),
-                other => Err(TensorError::Shape(format!(
-                    "expected a 1-D array, got shape {other:?}"
-                ))),
-            }
+            Vector::from_npy(&bytes, dtype)
         } else {
             Vector::from_json(&bytes, dtype)
+        }
+    }
+
+    /// A vector from `.npy` bytes (recognised by their magic) or JSON.
+    pub fn from_bytes(bytes: &[u8], dtype: Dtype) -> Result<Vector, TensorError> {
+        if bytes.starts_with(npy::MAGIC) {
+            Vector::from_npy(bytes, dtype)
+        } else {
+            Vector::from_json(bytes, dtype)
+        }
+    }
+
+    fn from_npy(bytes: &[u8], dtype: Dtype) -> Result<Vector, TensorError> {
+        let (shape, values) = npy::parse(bytes, dtype)?;
+        match shape.as_slice() {
+            [_] | [_, 1] => Vector::new(dtype, values),
+            other => Err(TensorError::Shape(format!(
+                "expected a 1-D array, got shape {other:?}"
+            ))),
         }
     }
 

@@ -1,30 +1,32 @@
 //! The stateless worker: one consumer loop over the tasks queue.
 //!
-//! For each delivery: parse the [`TaskMsg`] → fetch only that tile's inputs from Redis → run the
-//! map kernel and prove it on a blocking thread (so the AMQP connection keeps its heartbeats
-//! during a proof) → store the proof under its deterministic key with a TTL → publish the
-//! [`TaskEvent`] and wait for its confirm → ack. Only then is the task gone from the queue: a
-//! worker killed at any point loses nothing, and a redelivered task rewrites the same key.
+//! [`serve`] is generic over the [`Broker`] and [`Store`]: the fleet runs it over RabbitMQ and
+//! Redis ([`run`], which reconnects when either goes away), the embedded mode over their
+//! in-process twins. For each delivery: parse the [`TaskMsg`] → fetch only that tile's inputs →
+//! run the map kernel and prove it on a blocking thread (so the AMQP connection keeps its
+//! heartbeats during a proof) → store the proof under its deterministic key with a TTL →
+//! publish the [`TaskEvent`] and wait for its confirm → ack. Only then is the task gone from the
+//! queue: a worker killed at any point loses nothing, and a redelivered task rewrites the same key.
 //!
 //! Failures: a malformed task is dead-lettered with its reason; a tile that cannot be proven
-//! (bad input, step limit) is reported as a permanent failure and acked; anything transient
-//! (Redis or the broker unavailable) is requeued, and the queue's delivery limit bounds retries.
-//!
-//! Start with [`run`]; [`WorkerConfig`] is the typed configuration (flags and `STARKSCALE_*`).
+//! (bad input, step limit, inputs gone because the job was cancelled) is reported as a permanent
+//! failure and acked; a proof that overruns the task deadline is reported as a retryable
+//! failure, and acked, before the broker's consumer timeout could take the task away; anything
+//! transient (store or broker unavailable) is requeued, and the queue's delivery limit bounds
+//! retries.
+
+pub mod memory;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::FieldTable;
 use starkscale_cairo::run::DEFAULT_MAX_STEPS;
-use starkscale_cairo::{run_map, Profile, Prover, TileInput};
-use starkscale_common::broker::{AmqpBroker, BrokerError, Topology};
+use starkscale_cairo::{run_map, KernelError, Profile, Prover, TileInput};
+use starkscale_common::broker::{AmqpBroker, Broker, BrokerError, Delivery, Headers, Topology};
 use starkscale_common::config::FleetConfig;
 use starkscale_common::messages::{Keys, TaskEvent, TaskMsg, TaskOutcome, TileInputBlob};
-use starkscale_common::store::{RedisStore, StoreError};
+use starkscale_common::store::{RedisStore, Store, StoreError};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -45,6 +47,24 @@ pub struct WorkerConfig {
     /// Cairo step budget per task.
     #[arg(long, env = "STARKSCALE_MAX_STEPS", default_value_t = DEFAULT_MAX_STEPS)]
     pub max_steps: usize,
+    /// Seconds a task may take before it is reported as failed; keep it below RabbitMQ's
+    /// `consumer_timeout` (30 minutes by default), which would otherwise close the channel.
+    #[arg(long, env = "STARKSCALE_TASK_DEADLINE", default_value_t = 20 * 60)]
+    pub task_deadline_s: u64,
+}
+
+impl WorkerConfig {
+    /// Defaults for a fleet at `fleet`, proving at `profile`.
+    pub fn new(fleet: FleetConfig, profile: Profile) -> WorkerConfig {
+        WorkerConfig {
+            fleet,
+            profile: profile.name().to_string(),
+            name: None,
+            result_ttl_s: 24 * 3600,
+            max_steps: DEFAULT_MAX_STEPS,
+            task_deadline_s: 20 * 60,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,58 +75,98 @@ pub enum WorkerError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the tasks consumer was closed by the broker")]
-    ConsumerClosed,
 }
 
-struct Worker {
-    broker: AmqpBroker,
-    store: RedisStore,
-    keys: Keys,
-    prover: Arc<Prover>,
-    name: String,
-    ttl: Duration,
-    max_steps: usize,
-}
-
-/// Consumes tasks until `shutdown` is cancelled, then finishes the task in hand and returns.
+/// Consumes tasks from RabbitMQ until `shutdown` is cancelled, then finishes the task in hand
+/// and returns. A lost connection is not fatal: the task in hand returns to the queue and the
+/// worker reconnects with backoff.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let prover = Arc::new(prover(&config).await?);
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let topology = Topology::new(config.fleet.prefix.clone());
+        let connected = async {
+            let broker = AmqpBroker::connect(&config.fleet.amqp_url, topology).await?;
+            let store = RedisStore::connect(&config.fleet.redis_url).await?;
+            Ok::<_, WorkerError>((broker, store))
+        };
+        let error = match connected.await {
+            Ok((broker, store)) => {
+                backoff = Duration::from_millis(250);
+                let served = serve_with(
+                    broker.clone(),
+                    store,
+                    &config,
+                    prover.clone(),
+                    shutdown.clone(),
+                )
+                .await;
+                broker.close().await;
+                match served {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        warn!(error = %error, retry_in = ?backoff, "worker lost RabbitMQ or Redis; reconnecting");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Twiddles and the preprocessed commitment: once per process, off the runtime.
+async fn prover(config: &WorkerConfig) -> Result<Prover, WorkerError> {
     let profile = Profile::parse(&config.profile)
         .ok_or_else(|| WorkerError::Profile(config.profile.clone()))?;
-    let topology = Topology::new(config.fleet.prefix.clone());
-    let broker = AmqpBroker::connect(&config.fleet.amqp_url, topology.clone()).await?;
-    let store = RedisStore::connect(&config.fleet.redis_url).await?;
+    tokio::task::spawn_blocking(move || Prover::new(profile))
+        .await
+        .map_err(|e| WorkerError::Profile(format!("prover set-up panicked: {e}")))
+}
+
+/// Consumes tasks from any broker and store until `shutdown` is cancelled.
+pub async fn serve<B: Broker, S: Store>(
+    broker: B,
+    store: S,
+    config: &WorkerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let prover = Arc::new(prover(config).await?);
+    serve_with(broker, store, config, prover, shutdown).await
+}
+
+async fn serve_with<B: Broker, S: Store>(
+    broker: B,
+    store: S,
+    config: &WorkerConfig,
+    prover: Arc<Prover>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     let name = config
         .name
         .clone()
         .unwrap_or_else(|| format!("worker-{}", std::process::id()));
-    // Twiddles and the preprocessed commitment: once per process, off the runtime.
-    let prover = tokio::task::spawn_blocking(move || Prover::new(profile))
-        .await
-        .map_err(|e| WorkerError::Profile(format!("prover set-up panicked: {e}")))?;
     let worker = Worker {
-        broker,
-        store,
         keys: Keys::new(config.fleet.prefix.clone()),
-        prover: Arc::new(prover),
-        name,
+        prover,
         ttl: Duration::from_secs(config.result_ttl_s),
         max_steps: config.max_steps,
+        deadline: Duration::from_secs(config.task_deadline_s.max(1)),
+        name,
+        broker,
+        store,
     };
+    let tasks = worker.broker.topology().tasks();
     // Prefetch 1: one proof uses every core, and a second reserved task would only wait here.
-    let mut tasks = worker
-        .broker
-        .consume(&topology.tasks(), 1, &worker.name)
-        .await?;
-    info!(worker = %worker.name, queue = %topology.tasks(), "consuming tasks");
+    let mut consumer = worker.broker.consume(&tasks, 1, &worker.name).await?;
+    info!(worker = %worker.name, queue = %tasks, "consuming tasks");
     loop {
         let delivery = tokio::select! {
             _ = shutdown.cancelled() => break,
-            next = tasks.next() => match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => return Err(BrokerError::Consume { queue: topology.tasks(), message: e.to_string() }.into()),
-                None => return Err(WorkerError::ConsumerClosed),
-            },
+            delivery = consumer.next() => delivery?,
         };
         // Once a task is in hand it is finished (or requeued) even if shutdown starts meanwhile.
         worker.handle(delivery).await?;
@@ -115,19 +175,33 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     Ok(())
 }
 
-impl Worker {
+struct Worker<B, S> {
+    broker: B,
+    store: S,
+    keys: Keys,
+    prover: Arc<Prover>,
+    name: String,
+    ttl: Duration,
+    max_steps: usize,
+    deadline: Duration,
+}
+
+/// What proving one tile produced, from the blocking thread.
+type Proven = Result<(starkscale_cairo::RunStats, f64, Vec<u8>), KernelError>;
+
+impl<B: Broker, S: Store> Worker<B, S> {
     async fn handle(&self, delivery: Delivery) -> Result<(), WorkerError> {
-        let task: TaskMsg = match serde_json::from_slice(&delivery.data) {
+        let task: TaskMsg = match serde_json::from_slice(&delivery.body) {
             Ok(task) => task,
             Err(e) => {
                 warn!(error = %e, "dead-lettering a malformed task");
-                return Ok(self
-                    .broker
-                    .dead_letter(&delivery, &format!("malformed task: {e}"))
-                    .await?);
+                let tasks = self.broker.topology().tasks();
+                let reason = format!("malformed task: {e}");
+                return Ok(self.broker.dead_letter(delivery, &tasks, &reason).await?);
             }
         };
-        match self.prove(&task).await {
+        let mut abandoned = None;
+        match self.prove(&task, &mut abandoned).await {
             Ok(outcome) => {
                 let event = TaskEvent {
                     job_id: task.job_id.clone(),
@@ -139,29 +213,28 @@ impl Worker {
                 let body = serde_json::to_vec(&event).unwrap_or_default();
                 let events = self.broker.topology().events();
                 self.broker
-                    .publish(&events, &body, FieldTable::default())
+                    .publish(&events, &body, &Headers::new(), None)
                     .await?;
-                delivery
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map_err(|e| BrokerError::Ack(e.to_string()))?;
+                delivery.ack().await?;
             }
             Err(transient) => {
                 warn!(job = %task.job_id, tile = task.tile.index, error = %transient, "requeueing");
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await
-                    .map_err(|e| BrokerError::Ack(e.to_string()))?;
+                delivery.nack(true).await?;
             }
+        }
+        // A proof past its deadline still holds the cores: let it end before the next task.
+        if let Some(proof) = abandoned {
+            let _ = proof.await;
         }
         Ok(())
     }
 
     /// Proves one task. `Err` means a transient failure worth retrying elsewhere.
-    async fn prove(&self, task: &TaskMsg) -> Result<TaskOutcome, WorkerError> {
+    async fn prove(
+        &self,
+        task: &TaskMsg,
+        abandoned: &mut Option<JoinHandle<Proven>>,
+    ) -> Result<TaskOutcome, WorkerError> {
         let failed = |reason: String| TaskOutcome::Failed {
             reason,
             permanent: true,
@@ -169,7 +242,7 @@ impl Worker {
         let key = self.keys.tile_input(&task.job_id, task.tile.index);
         let Some(bytes) = self.store.get(&key).await? else {
             return Ok(failed(format!(
-                "no tile input at {key} (job cancelled or expired)"
+                "no tile input at {key} (job finished, cancelled or expired)"
             )));
         };
         let tile = match TileInputBlob::from_bytes(&bytes)
@@ -181,13 +254,23 @@ impl Worker {
         };
         let prover = self.prover.clone();
         let max_steps = self.max_steps;
-        let proven = tokio::task::spawn_blocking(move || {
+        memory::reset_peak_rss();
+        let mut proving = tokio::task::spawn_blocking(move || -> Proven {
             let run = run_map(&tile, max_steps)?;
             let stats = run.stats;
             let (proof, prove_s) = prover.prove(run.input)?;
-            Ok::<_, starkscale_cairo::KernelError>((stats, prove_s, proof.to_bytes()))
-        })
-        .await;
+            Ok((stats, prove_s, proof.to_bytes()))
+        });
+        let proven = tokio::select! {
+            proven = &mut proving => proven,
+            _ = tokio::time::sleep(self.deadline) => {
+                *abandoned = Some(proving);
+                return Ok(TaskOutcome::Failed {
+                    reason: format!("task deadline of {:?} exceeded", self.deadline),
+                    permanent: false,
+                });
+            }
+        };
         let (stats, prove_s, proof) = match proven {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {
@@ -205,6 +288,7 @@ impl Worker {
             run_s: stats.run_s + stats.adapt_s,
             prove_s,
             proof_bytes: proof.len(),
+            peak_rss_bytes: memory::peak_rss_bytes(),
         })
     }
 }

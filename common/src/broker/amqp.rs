@@ -1,0 +1,459 @@
+//! [`Broker`] over RabbitMQ.
+//!
+//! Quorum work queues with an explicit `x-delivery-limit` and a dead-letter exchange; persistent
+//! messages; every publish is `mandatory` and waits for its publisher confirm, so a nack or a
+//! returned (unroutable) message is an error; consumers set their prefetch before consuming.
+//! Every process declares the whole topology on connect (idempotent).
+
+use std::sync::Arc;
+
+use futures_util::future::try_join_all;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm,
+};
+
+use super::{
+    AckFuture, Acker, Broker, BrokerError, Consumer, Delivery, Headers, Topology, DELIVERY_LIMIT,
+    RESULTS_LOG_LENGTH,
+};
+
+/// A RabbitMQ connection with a confirming publisher channel and the topology declared.
+/// Clones share the connection.
+#[derive(Clone)]
+pub struct AmqpBroker {
+    connection: Arc<Connection>,
+    publisher: Channel,
+    topology: Topology,
+}
+
+impl std::fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpBroker")
+            .field("topology", &self.topology)
+            .finish_non_exhaustive()
+    }
+}
+
+fn declare_err(what: &str) -> impl Fn(lapin::Error) -> BrokerError + '_ {
+    move |e| BrokerError::Declare {
+        what: what.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn field_table(headers: &Headers) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert(
+            k.as_str().into(),
+            AMQPValue::LongString(LongString::from(v.as_str())),
+        );
+    }
+    table
+}
+
+fn headers_of(properties: &BasicProperties) -> Headers {
+    let Some(table) = properties.headers().as_ref() else {
+        return Headers::new();
+    };
+    table
+        .inner()
+        .iter()
+        .filter_map(|(k, v)| {
+            let value = match v {
+                AMQPValue::LongString(s) => s.to_string(),
+                AMQPValue::ShortString(s) => s.to_string(),
+                AMQPValue::LongLongInt(n) => n.to_string(),
+                AMQPValue::LongInt(n) => n.to_string(),
+                _ => return None,
+            };
+            Some((k.to_string(), value))
+        })
+        .collect()
+}
+
+struct AmqpAcker(lapin::Acker);
+
+impl Acker for AmqpAcker {
+    fn ack(self: Box<Self>) -> AckFuture {
+        Box::pin(async move {
+            self.0
+                .ack(BasicAckOptions::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| BrokerError::Ack(e.to_string()))
+        })
+    }
+    fn nack(self: Box<Self>, requeue: bool) -> AckFuture {
+        Box::pin(async move {
+            self.0
+                .nack(BasicNackOptions {
+                    requeue,
+                    ..BasicNackOptions::default()
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| BrokerError::Ack(e.to_string()))
+        })
+    }
+}
+
+fn delivery(d: lapin::message::Delivery) -> Delivery {
+    Delivery {
+        headers: headers_of(&d.properties),
+        reply_to: d.properties.reply_to().as_ref().map(|q| q.to_string()),
+        redelivered: d.redelivered,
+        body: d.data,
+        acker: Box::new(AmqpAcker(d.acker)),
+    }
+}
+
+impl AmqpBroker {
+    pub async fn connect(url: &str, topology: Topology) -> Result<AmqpBroker, BrokerError> {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(|e| BrokerError::Connect {
+                url: url.to_string(),
+                message: e.to_string(),
+            })?;
+        let publisher = connection
+            .create_channel()
+            .await
+            .map_err(declare_err("the publisher channel"))?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(declare_err("publisher confirms"))?;
+        let broker = AmqpBroker {
+            connection: Arc::new(connection),
+            publisher,
+            topology,
+        };
+        broker.declare().await?;
+        Ok(broker)
+    }
+
+    /// Closes the connection; unacked deliveries go back to their queues.
+    pub async fn close(&self) {
+        let _ = self.connection.close(200, "closing".into()).await;
+    }
+
+    /// Declares everything; declaring again with the same arguments is a no-op.
+    async fn declare(&self) -> Result<(), BrokerError> {
+        let t = &self.topology;
+        let ch = &self.publisher;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let dlx = t.dead_letter_exchange();
+        ch.exchange_declare(
+            dlx.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_err(&dlx))?;
+        ch.exchange_declare(
+            t.results().as_str().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_err("the results exchange"))?;
+
+        let quorum = |extra: &[(&str, AMQPValue)]| {
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from("quorum")),
+            );
+            for (k, v) in extra {
+                args.insert((*k).into(), v.clone());
+            }
+            args
+        };
+        let queue_opts = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let dead = t.dead();
+        ch.queue_declare(dead.as_str().into(), queue_opts, quorum(&[]))
+            .await
+            .map_err(declare_err(&dead))?;
+        ch.queue_bind(
+            dead.as_str().into(),
+            dlx.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_err(&dead))?;
+        let work_args = quorum(&[
+            (
+                "x-delivery-limit",
+                AMQPValue::LongLongInt(i64::from(DELIVERY_LIMIT)),
+            ),
+            (
+                "x-dead-letter-exchange",
+                AMQPValue::LongString(LongString::from(dlx.as_str())),
+            ),
+        ]);
+        for queue in t.work_queues() {
+            ch.queue_declare(queue.as_str().into(), queue_opts, work_args.clone())
+                .await
+                .map_err(declare_err(&queue))?;
+        }
+        let log = t.results_log();
+        let mut log_args = FieldTable::default();
+        log_args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(RESULTS_LOG_LENGTH),
+        );
+        ch.queue_declare(log.as_str().into(), queue_opts, log_args)
+            .await
+            .map_err(declare_err(&log))?;
+        ch.queue_bind(
+            log.as_str().into(),
+            t.results().as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_err(&log))?;
+        Ok(())
+    }
+
+    /// Starts a publish; the returned confirm resolves when the broker has taken it.
+    async fn start_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: &Headers,
+        reply_to: Option<&str>,
+    ) -> Result<PublisherConfirm, BrokerError> {
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(ShortString::from("application/json"))
+            .with_headers(field_table(headers));
+        if let Some(queue) = reply_to {
+            properties = properties.with_reply_to(ShortString::from(queue));
+        }
+        self.publisher
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(|e| BrokerError::Publish {
+                queue: routing_key.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    async fn await_confirm(
+        confirm: PublisherConfirm,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        let confirm = confirm.await.map_err(|e| BrokerError::Publish {
+            queue: routing_key.to_string(),
+            message: e.to_string(),
+        })?;
+        // Check acked first: take_message consumes the confirmation.
+        if !confirm.is_ack() {
+            return Err(BrokerError::Nacked(routing_key.to_string()));
+        }
+        if confirm.take_message().is_some() {
+            return Err(BrokerError::Returned(routing_key.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: &Headers,
+        reply_to: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let confirm = self
+            .start_publish(exchange, routing_key, body, headers, reply_to)
+            .await?;
+        Self::await_confirm(confirm, routing_key).await
+    }
+
+    async fn consumer_on(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        tag: &str,
+    ) -> Result<Consumer, lapin::Error> {
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let name = queue.to_string();
+        Ok(Consumer {
+            queue: queue.to_string(),
+            stream: Box::pin(consumer.map(move |d| {
+                d.map(delivery).map_err(|e| BrokerError::Consume {
+                    queue: name.clone(),
+                    message: e.to_string(),
+                })
+            })),
+        })
+    }
+
+    /// Deletes every queue and exchange of the topology (tests clean up with this).
+    pub async fn delete_topology(&self) -> Result<(), BrokerError> {
+        let t = &self.topology;
+        for queue in t.work_queues().iter().chain([&t.dead(), &t.results_log()]) {
+            self.publisher
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map_err(declare_err(queue))?;
+        }
+        for exchange in [t.dead_letter_exchange(), t.results()] {
+            self.publisher
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await
+                .map_err(declare_err(&exchange))?;
+        }
+        Ok(())
+    }
+
+    /// Messages ready in `queue` and its consumers (tests and benchmarks read these).
+    pub async fn depth(&self, queue: &str) -> Result<(u32, u32), BrokerError> {
+        let q = self
+            .publisher
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(declare_err(queue))?;
+        Ok((q.message_count(), q.consumer_count()))
+    }
+}
+
+impl Broker for AmqpBroker {
+    fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    async fn publish(
+        &self,
+        queue: &str,
+        body: &[u8],
+        headers: &Headers,
+        reply_to: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        self.publish_to("", queue, body, headers, reply_to).await
+    }
+
+    async fn publish_all(&self, queue: &str, bodies: &[Vec<u8>]) -> Result<(), BrokerError> {
+        // Confirms are awaited together: one round trip for the batch instead of one per task.
+        let headers = Headers::new();
+        let mut confirms = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            confirms.push(self.start_publish("", queue, body, &headers, None).await?);
+        }
+        try_join_all(confirms.into_iter().map(|c| Self::await_confirm(c, queue))).await?;
+        Ok(())
+    }
+
+    async fn publish_result(
+        &self,
+        job_id: &str,
+        reply_to: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), BrokerError> {
+        let headers = Headers::new();
+        self.publish_to(&self.topology.results(), job_id, body, &headers, None)
+            .await?;
+        if let Some(queue) = reply_to {
+            self.publish_to("", queue, body, &headers, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<Consumer, BrokerError> {
+        let err = |e: lapin::Error| BrokerError::Consume {
+            queue: queue.to_string(),
+            message: e.to_string(),
+        };
+        let channel = self.connection.create_channel().await.map_err(err)?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(err)?;
+        self.consumer_on(&channel, queue, tag).await.map_err(err)
+    }
+
+    /// Through an exclusive queue bound to the results exchange, gone with the connection.
+    async fn subscribe_results(&self, pattern: &str) -> Result<Consumer, BrokerError> {
+        let err = |e: lapin::Error| BrokerError::Consume {
+            queue: self.topology.results(),
+            message: e.to_string(),
+        };
+        let channel = self.connection.create_channel().await.map_err(err)?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+        let name = queue.name().as_str().to_string();
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                self.topology.results().as_str().into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+        self.consumer_on(&channel, &name, "results")
+            .await
+            .map_err(err)
+    }
+}

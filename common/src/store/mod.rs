@@ -1,0 +1,78 @@
+//! The fleet's shared state, as one small trait with two implementations:
+//!
+//! - [`RedisStore`]: what a deployed fleet uses (Redis runs with `noeviction`).
+//! - [`MemoryStore`]: the embedded mode's map, with the same TTL semantics.
+//!
+//! Every write carries a TTL, since nothing else would ever free a job's keys, and writes are
+//! keyed deterministically, so a redelivered task overwrites or no-ops instead of double-counting.
+//! [`Store::put_if_absent`] is the compare-and-set a claim needs (duplicate submissions).
+
+mod memory;
+mod redis;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+#[derive(Debug, thiserror::Error)]
+#[error("store {op} {key}: {message}")]
+pub struct StoreError {
+    pub op: &'static str,
+    pub key: String,
+    pub message: String,
+}
+
+/// What the coordinator, the workers and clients need from a key-value store.
+pub trait Store: Clone + Send + Sync + 'static {
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Writes `value` with a TTL, replacing any previous value.
+    fn put(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Writes many keys with one TTL in one round trip.
+    fn put_all(
+        &self,
+        entries: Vec<(String, Vec<u8>)>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Writes `value` with a TTL only if `key` does not exist; returns whether it wrote.
+    fn put_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Sets one field of the hash at `key` and (re)sets the hash's TTL.
+    fn put_field(
+        &self,
+        key: &str,
+        field: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every field of the hash at `key` (empty when absent).
+    fn fields(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
+
+    /// Seconds left on `key`, or `None` if it does not exist or never expires.
+    fn ttl(&self, key: &str) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
+    /// Deletes `keys`; returns how many existed.
+    fn delete(&self, keys: &[String]) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+fn ttl_secs(ttl: Duration) -> u64 {
+    ttl.as_secs().max(1)
+}
