@@ -90,6 +90,27 @@ fn submit_wait_result_and_sigterm() {
     assert_eq!(result["status"], "succeeded");
     assert_eq!(result["y"], serde_json::json!(native));
 
+    // The embedded mode gives the same y, and writes ./<job-id>.cert.
+    let here = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_starkscale"))
+        .args(["run", job, "--profile", "test"])
+        .current_dir(here.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let embedded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(embedded["y"], result["y"]);
+    assert!(std::fs::read(here.path().join("example-inline.cert"))
+        .unwrap()
+        .starts_with(b"SSFC"));
+
+    // status reports the finished job.
+    let out = starkscale(&["status", "example-inline"], &prefix);
+    assert!(out.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["status"], "succeeded");
+    assert_eq!(status["proven"], status["tiles"]);
+
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("job.cert");
     let out = starkscale(
@@ -131,7 +152,7 @@ fn submit_wait_result_and_sigterm() {
 fn clean_up(prefix: &str, jobs: &[&str]) {
     use starkscale_common::broker::{AmqpBroker, Topology};
     use starkscale_common::messages::Keys;
-    use starkscale_common::store::RedisStore;
+    use starkscale_common::store::{RedisStore, Store};
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let broker = AmqpBroker::connect(
             "amqp://guest:guest@127.0.0.1:5672/%2f",
@@ -146,8 +167,88 @@ fn clean_up(prefix: &str, jobs: &[&str]) {
         let keys = Keys::new(prefix);
         let all: Vec<String> = jobs
             .iter()
-            .flat_map(|j| [keys.result(j), keys.certificate(j)])
+            .flat_map(|j| {
+                let mut all = keys.working_set(j, 8, 3);
+                all.extend([keys.result(j), keys.certificate(j), keys.progress(j)]);
+                all
+            })
             .collect();
         store.delete(&all).await.unwrap();
     });
+}
+
+/// Polls `status` until `done` holds for the job's progress.
+fn wait_status(prefix: &str, job: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let started = Instant::now();
+    loop {
+        let out = starkscale(&["status", job], prefix);
+        if out.status.success() {
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if done(&status) {
+                return;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "{job} never got there");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn two_workers_split_a_job_and_a_sigkilled_worker_loses_nothing() {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("test-kill-{}-{nanos}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    // 6 single-column-block tiles of 2 rows; inputs by path, as a fleet sharing a disk would.
+    let (rows, cols) = (12usize, 64usize);
+    let a: Vec<i64> = (0..rows * cols).map(|i| (i as i64 * 37 % 255) - 127).collect();
+    let x: Vec<i64> = (0..cols).map(|i| (i as i64 * 11 % 255) - 127).collect();
+    let native: Vec<i64> = (0..rows)
+        .map(|r| (0..cols).map(|c| a[r * cols + c] * x[c]).sum())
+        .collect();
+    let a_path = dir.path().join("a.npy");
+    std::fs::write(&a_path, starkscale_common::tensor::npy::write_i8(&[rows, cols], &a)).unwrap();
+    let job_path = dir.path().join("job.json");
+    let job = serde_json::json!({
+        "schema_version": 1, "job_id": "kill", "kind": "matvec", "dtype": "i8",
+        "a": {"path": a_path}, "x": {"inline": x}, "tile_rows": 2,
+    });
+    std::fs::write(&job_path, job.to_string()).unwrap();
+
+    let coordinator = Service::start(&["coordinator", "--allow-test-profile"], &prefix);
+    let steady = Service::start(&["worker", "--profile", "test", "--name", "steady"], &prefix);
+    let doomed = Service::start(&["worker", "--profile", "test", "--name", "doomed"], &prefix);
+    let out = starkscale(&["submit", job_path.to_str().unwrap()], &prefix);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Once both have delivered work, kill one without warning: it holds a task mid-proof.
+    wait_status(&prefix, "kill", |s| s["proven"].as_u64().unwrap_or(0) >= 3);
+    let mut doomed = doomed;
+    doomed.0.kill().unwrap();
+    doomed.0.wait().unwrap();
+
+    let started = Instant::now();
+    let result = loop {
+        let out = starkscale(&["result", "kill"], &prefix);
+        if out.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "the job never finished");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(result["status"], "succeeded");
+    assert_eq!(result["y"], serde_json::json!(native));
+    let workers: std::collections::BTreeSet<&str> = result["tile_timings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["worker"].as_str().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 2, "both workers proved tiles: {workers:?}");
+
+    assert!(steady.terminate(Duration::from_secs(60)).success());
+    assert!(coordinator.terminate(Duration::from_secs(30)).success());
+    clean_up(&prefix, &["kill"]);
 }

@@ -5,28 +5,21 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::FieldTable;
 use starkscale_common::broker::{
-    dead_letter_reason, AmqpBroker, BrokerError, Topology, DELIVERY_LIMIT,
+    AmqpBroker, Broker, BrokerError, Consumer, Delivery, Headers, Topology, DELIVERY_LIMIT,
 };
 use starkscale_common::config::{unique_prefix, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
-use starkscale_common::store::RedisStore;
+use starkscale_common::store::{RedisStore, Store};
 
-async fn next(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
+async fn next(consumer: &mut Consumer) -> Delivery {
     tokio::time::timeout(Duration::from_secs(10), consumer.next())
         .await
         .expect("a delivery within 10 s")
-        .expect("consumer open")
         .expect("delivery ok")
 }
 
-fn requeue() -> BasicNackOptions {
-    BasicNackOptions {
-        requeue: true,
-        ..Default::default()
-    }
+fn none() -> Headers {
+    Headers::new()
 }
 
 #[tokio::test]
@@ -41,26 +34,26 @@ async fn publish_consume_ack_and_redeclare() {
         .unwrap();
 
     broker
-        .publish(&topology.tasks(), b"tile 1", FieldTable::default())
+        .publish(&topology.tasks(), b"tile 1", &none(), None)
         .await
         .unwrap();
     let mut consumer = again.consume(&topology.tasks(), 1, "t").await.unwrap();
     let delivery = next(&mut consumer).await;
-    assert_eq!(delivery.data, b"tile 1");
+    assert_eq!(delivery.body, b"tile 1");
     assert!(!delivery.redelivered);
-    delivery.ack(BasicAckOptions::default()).await.unwrap();
+    delivery.ack().await.unwrap();
 
     // A nacked delivery comes back, marked redelivered.
     broker
-        .publish(&topology.tasks(), b"tile 2", FieldTable::default())
+        .publish(&topology.tasks(), b"tile 2", &none(), None)
         .await
         .unwrap();
     let first = next(&mut consumer).await;
-    first.nack(requeue()).await.unwrap();
+    first.nack(true).await.unwrap();
     let second = next(&mut consumer).await;
-    assert_eq!(second.data, b"tile 2");
+    assert_eq!(second.body, b"tile 2");
     assert!(second.redelivered);
-    second.ack(BasicAckOptions::default()).await.unwrap();
+    second.ack().await.unwrap();
 
     broker.delete_topology().await.unwrap();
 }
@@ -72,7 +65,7 @@ async fn unroutable_publish_is_an_error() {
         .await
         .unwrap();
     let err = broker
-        .publish(&unique_prefix("no-such-queue"), b"x", FieldTable::default())
+        .publish(&unique_prefix("no-such-queue"), b"x", &none(), None)
         .await
         .unwrap_err();
     assert!(matches!(err, BrokerError::Returned(_)), "{err}");
@@ -86,24 +79,28 @@ async fn dead_letter_keeps_the_message_and_its_reason() {
         .await
         .unwrap();
     broker
-        .publish(&topology.jobs(), b"{bad json", FieldTable::default())
+        .publish(&topology.jobs(), b"{bad json", &none(), None)
         .await
         .unwrap();
     let mut jobs = broker.consume(&topology.jobs(), 1, "j").await.unwrap();
     let delivery = next(&mut jobs).await;
     broker
-        .dead_letter(&delivery, "invalid job JSON: expected value")
+        .dead_letter(delivery, &topology.jobs(), "invalid job JSON: expected value")
         .await
         .unwrap();
 
     let mut dead = broker.consume(&topology.dead(), 1, "d").await.unwrap();
     let copy = next(&mut dead).await;
-    assert_eq!(copy.data, b"{bad json");
+    assert_eq!(copy.body, b"{bad json");
     assert_eq!(
-        dead_letter_reason(&copy.properties).as_deref(),
+        copy.dead_letter_reason(),
         Some("invalid job JSON: expected value")
     );
-    copy.ack(BasicAckOptions::default()).await.unwrap();
+    assert_eq!(
+        copy.headers.get("x-starkscale-queue"),
+        Some(&topology.jobs())
+    );
+    copy.ack().await.unwrap();
     broker.delete_topology().await.unwrap();
 }
 
@@ -114,18 +111,86 @@ async fn a_message_redelivered_past_the_limit_is_dead_lettered() {
         .await
         .unwrap();
     broker
-        .publish(&topology.tasks(), b"poison", FieldTable::default())
+        .publish(&topology.tasks(), b"poison", &none(), None)
         .await
         .unwrap();
     let mut tasks = broker.consume(&topology.tasks(), 1, "t").await.unwrap();
     for _ in 0..=DELIVERY_LIMIT {
-        next(&mut tasks).await.nack(requeue()).await.unwrap();
+        next(&mut tasks).await.nack(true).await.unwrap();
     }
     let mut dead = broker.consume(&topology.dead(), 1, "d").await.unwrap();
     let copy = next(&mut dead).await;
-    assert_eq!(copy.data, b"poison");
-    copy.ack(BasicAckOptions::default()).await.unwrap();
+    assert_eq!(copy.body, b"poison");
+    copy.ack().await.unwrap();
     broker.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn batches_are_confirmed_and_replies_reach_reply_to() {
+    let topology = Topology::new(unique_prefix("batch"));
+    let broker = AmqpBroker::connect(DEFAULT_AMQP_URL, topology.clone())
+        .await
+        .unwrap();
+    let bodies: Vec<Vec<u8>> = (0..500).map(|i| format!("task {i}").into_bytes()).collect();
+    broker.publish_all(&topology.tasks(), &bodies).await.unwrap();
+    assert_eq!(broker.depth(&topology.tasks()).await.unwrap().0, 500);
+    let err = broker
+        .publish_all(&unique_prefix("nowhere"), &bodies[..2])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BrokerError::Returned(_)), "{err}");
+
+    // reply_to set by the publisher reaches the consumer, and results go there too.
+    broker
+        .publish(&topology.jobs(), b"job", &none(), Some(&topology.dead()))
+        .await
+        .unwrap();
+    let mut jobs = broker.consume(&topology.jobs(), 1, "j").await.unwrap();
+    let job = next(&mut jobs).await;
+    assert_eq!(job.reply_to.as_deref(), Some(topology.dead().as_str()));
+    let mut all = broker.subscribe_results("#").await.unwrap();
+    broker
+        .publish_result("job-7", job.reply_to.as_deref(), b"result")
+        .await
+        .unwrap();
+    job.ack().await.unwrap();
+    assert_eq!(next(&mut all).await.body, b"result");
+    let mut replies = broker.consume(&topology.dead(), 1, "r").await.unwrap();
+    assert_eq!(next(&mut replies).await.body, b"result");
+    broker.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_hashes_and_batches_carry_ttls() {
+    let store = RedisStore::connect(DEFAULT_REDIS_URL).await.unwrap();
+    let key = unique_prefix("hash");
+    store
+        .put_field(&key, "0", b"tile 0", Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .put_field(&key, "1", b"tile 1", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut fields = store.fields(&key).await.unwrap();
+    fields.sort();
+    assert_eq!(
+        fields,
+        vec![("0".into(), b"tile 0".to_vec()), ("1".into(), b"tile 1".to_vec())]
+    );
+    assert!(store.ttl(&key).await.unwrap().is_some());
+    let batch: Vec<(String, Vec<u8>)> = (0..3).map(|i| (format!("{key}:{i}"), vec![i])).collect();
+    store
+        .put_all(batch.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    for (k, v) in &batch {
+        assert_eq!(store.get(k).await.unwrap().as_ref(), Some(v));
+        assert!(store.ttl(k).await.unwrap().is_some(), "{k} has a TTL");
+    }
+    let mut all: Vec<String> = batch.into_iter().map(|(k, _)| k).collect();
+    all.push(key);
+    assert_eq!(store.delete(&all).await.unwrap(), 4);
 }
 
 #[tokio::test]

@@ -4,25 +4,22 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::BasicAckOptions;
-use lapin::types::FieldTable;
 use rand::{Rng, SeedableRng};
 use starkscale_cairo::verify_tile;
-use starkscale_common::broker::{dead_letter_reason, AmqpBroker, Topology};
+use starkscale_cairo::Profile;
+use starkscale_common::broker::{AmqpBroker, Broker, Consumer, Delivery, Headers, Topology};
 use starkscale_common::config::{unique_prefix, FleetConfig, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
 use starkscale_common::messages::{Keys, TaskEvent, TaskMsg, TaskOutcome, TileInputBlob};
 use starkscale_common::plan::TilePlan;
-use starkscale_common::store::RedisStore;
+use starkscale_common::store::{RedisStore, Store};
 use starkscale_common::{Dtype, Matrix, Vector};
 use starkscale_worker::{run, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
-async fn next(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
+async fn next(consumer: &mut Consumer) -> Delivery {
     tokio::time::timeout(Duration::from_secs(120), consumer.next())
         .await
         .expect("a delivery within 120 s")
-        .expect("consumer open")
         .expect("delivery ok")
 }
 
@@ -72,7 +69,7 @@ async fn worker_proves_tasks_and_survives_bad_ones() {
         let queue = topology.tasks();
         async move {
             broker
-                .publish(&queue, &body, FieldTable::default())
+                .publish(&queue, &body, &Headers::new(), None)
                 .await
                 .unwrap()
         }
@@ -93,11 +90,9 @@ async fn worker_proves_tasks_and_survives_bad_ones() {
 
     let shutdown = CancellationToken::new();
     let config = WorkerConfig {
-        fleet: FleetConfig::local(prefix.clone()),
-        profile: "test".into(),
         name: Some("w1".into()),
         result_ttl_s: 300,
-        max_steps: 1 << 22,
+        ..WorkerConfig::new(FleetConfig::local(prefix.clone()), Profile::Test)
     };
     let worker = tokio::spawn(run(config, shutdown.clone()));
 
@@ -108,8 +103,8 @@ async fn worker_proves_tasks_and_survives_bad_ones() {
     let mut seen = Vec::new();
     for _ in 0..2 {
         let delivery = next(&mut events).await;
-        seen.push(serde_json::from_slice::<TaskEvent>(&delivery.data).unwrap());
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        seen.push(serde_json::from_slice::<TaskEvent>(&delivery.body).unwrap());
+        delivery.ack().await.unwrap();
     }
     let proven = seen
         .iter()
@@ -151,11 +146,12 @@ async fn worker_proves_tasks_and_survives_bad_ones() {
     // The malformed task was dead-lettered with its reason.
     let mut dead = broker.consume(&topology.dead(), 10, "dead").await.unwrap();
     let copy = next(&mut dead).await;
-    assert_eq!(copy.data, b"{not a task");
-    assert!(dead_letter_reason(&copy.properties)
+    assert_eq!(copy.body, b"{not a task");
+    assert!(copy
+        .dead_letter_reason()
         .unwrap()
         .starts_with("malformed task"));
-    copy.ack(BasicAckOptions::default()).await.unwrap();
+    copy.ack().await.unwrap();
 
     // Shutdown drains and returns cleanly.
     shutdown.cancel();

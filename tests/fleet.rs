@@ -1,0 +1,401 @@
+//! The fleet's behaviour under bad input, duplicates, forgery and cancellation: coordinator and
+//! worker run in this process but talk through the real RabbitMQ and Redis, each test under its
+//! own prefix, removed at the end.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use starkscale_cairo::{run_map, Profile, Prover, TileInput};
+use starkscale_common::broker::{AmqpBroker, Broker, Consumer, Delivery, Headers, Topology};
+use starkscale_common::config::{unique_prefix, FleetConfig, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
+use starkscale_common::messages::{
+    JobProgress, JobResult, JobStatus, Keys, TaskEvent, TaskMsg, TaskOutcome, TileInputBlob,
+};
+use starkscale_common::store::{RedisStore, Store};
+use starkscale_common::{Dtype, Matrix, Vector};
+use starkscale_coordinator::CoordinatorConfig;
+use starkscale_worker::WorkerConfig;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+struct Fleet {
+    fleet: FleetConfig,
+    topology: Topology,
+    keys: Keys,
+    client: AmqpBroker,
+    store: RedisStore,
+    shutdown: CancellationToken,
+    services: Vec<JoinHandle<()>>,
+}
+
+impl Fleet {
+    async fn new(label: &str) -> Fleet {
+        let fleet = FleetConfig::local(unique_prefix(label));
+        let topology = Topology::new(fleet.prefix.clone());
+        Fleet {
+            keys: Keys::new(fleet.prefix.clone()),
+            client: AmqpBroker::connect(DEFAULT_AMQP_URL, topology.clone())
+                .await
+                .unwrap(),
+            store: RedisStore::connect(DEFAULT_REDIS_URL).await.unwrap(),
+            shutdown: CancellationToken::new(),
+            services: Vec::new(),
+            topology,
+            fleet,
+        }
+    }
+
+    fn coordinator(&mut self) {
+        let config = CoordinatorConfig {
+            allow_test_profile: true,
+            job_ttl_s: 600,
+            max_job_bytes: 1 << 20,
+            ..CoordinatorConfig::new(self.fleet.clone())
+        };
+        let shutdown = self.shutdown.clone();
+        self.services.push(tokio::spawn(async move {
+            starkscale_coordinator::run(config, shutdown).await.unwrap()
+        }));
+    }
+
+    fn worker(&mut self, name: &str) {
+        let config = WorkerConfig {
+            name: Some(name.into()),
+            result_ttl_s: 600,
+            ..WorkerConfig::new(self.fleet.clone(), Profile::Test)
+        };
+        let shutdown = self.shutdown.clone();
+        self.services.push(tokio::spawn(async move {
+            starkscale_worker::run(config, shutdown).await.unwrap()
+        }));
+    }
+
+    async fn publish(&self, queue: &str, body: &[u8]) {
+        self.client
+            .publish(queue, body, &Headers::new(), None)
+            .await
+            .unwrap();
+    }
+
+    async fn progress(&self, job: &str) -> Option<JobProgress> {
+        let bytes = self.store.get(&self.keys.progress(job)).await.unwrap()?;
+        Some(serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// Stops the services and removes every queue and key this test made.
+    async fn clean_up(self, jobs: &[&str]) {
+        self.shutdown.cancel();
+        for service in self.services {
+            tokio::time::timeout(Duration::from_secs(60), service)
+                .await
+                .expect("services drain")
+                .unwrap();
+        }
+        let mut keys = Vec::new();
+        for job in jobs {
+            keys.extend(self.keys.working_set(job, 8, 3));
+            keys.extend([
+                self.keys.progress(job),
+                self.keys.result(job),
+                self.keys.certificate(job),
+            ]);
+        }
+        self.store.delete(&keys).await.unwrap();
+        self.client.delete_topology().await.unwrap();
+    }
+}
+
+async fn next(consumer: &mut Consumer) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(300), consumer.next())
+        .await
+        .expect("a delivery within 300 s")
+        .expect("delivery ok")
+}
+
+async fn next_result(results: &mut Consumer) -> JobResult {
+    let delivery = next(results).await;
+    let result = serde_json::from_slice(&delivery.body).unwrap();
+    delivery.ack().await.unwrap();
+    result
+}
+
+/// A random job and its native product.
+fn random_job(id: &str, rows: usize, cols: usize, seed: u64) -> (serde_json::Value, Vec<i64>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let a: Vec<Vec<i64>> = (0..rows)
+        .map(|_| (0..cols).map(|_| rng.gen_range(-128..=127)).collect())
+        .collect();
+    let x: Vec<i64> = (0..cols).map(|_| rng.gen_range(-128..=127)).collect();
+    let native = Matrix::from_rows(&a, Dtype::I8)
+        .unwrap()
+        .matvec(&Vector::new(Dtype::I8, x.clone()).unwrap())
+        .unwrap();
+    let job = serde_json::json!({
+        "schema_version": 1, "job_id": id, "kind": "matvec", "dtype": "i8",
+        "a": {"inline": a}, "x": {"inline": x},
+    });
+    (job, native)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_serving() {
+    let mut fleet = Fleet::new("hostile").await;
+    let mut results = fleet.client.subscribe_results("#").await.unwrap();
+    fleet.coordinator();
+    fleet.worker("w1");
+
+    // A Redis key holding bytes that are neither .npy nor JSON.
+    let garbage_key = format!("{}:input:garbage", fleet.fleet.prefix);
+    fleet
+        .store
+        .put(&garbage_key, b"\x93NUMPY garbage", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let ok = r#"{"schema_version":1,"job_id":"J","kind":"matvec","dtype":"i8","a":{"inline":[[1,2],[3,4]]},"x":{"inline":[5,-6]}}"#;
+    let job = |id: &str, from: &str, to: &str| ok.replace("\"J\"", &format!("\"{id}\"")).replace(from, to);
+    let nested = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let oversize = format!(
+        "{{\"schema_version\":1,\"kind\":\"matvec\",\"dtype\":\"i8\",\"a\":{{\"inline\":[[{}1]]}},\"x\":{{\"inline\":[1]}}}}",
+        "1,".repeat(600_000)
+    );
+    let hostile: Vec<(String, &str)> = vec![
+        ("{".into(), "invalid job JSON"),
+        ("not json at all".into(), "invalid job JSON"),
+        ("null".into(), "invalid job JSON"),
+        ("[]".into(), "invalid job JSON"),
+        (nested, "invalid job JSON"),
+        (oversize, "over the 1048576-byte limit"),
+        (job("h-unknown", "\"kind\"", "\"bogus\":1,\"kind\""), "unknown field"),
+        (job("h-unknown-a", "{\"inline\":[[1,2],[3,4]]}", "{\"inline\":[[1,2],[3,4]],\"scale\":2}"), "invalid job JSON"),
+        (job("h-missing-x", ",\"x\":{\"inline\":[5,-6]}", ""), "missing field"),
+        (job("h-version", "\"schema_version\":1", "\"schema_version\":7"), "unsupported schema_version 7"),
+        (job("h-kind", "matvec", "conv2d"), "unknown variant"),
+        (job("h-dtype", "\"i8\"", "\"f32\""), "unknown variant"),
+        (job("h-shape", "[5,-6]", "[5,-6,7]"), "shape mismatch"),
+        (job("h-ragged", "[3,4]", "[3]"), "row 1 has 1 entries"),
+        (job("h-overflow", "[5,-6]", "[5,300]"), "out of range for i8"),
+        (job("h-underflow", "[1,2]", "[1,-129]"), "out of range for i8"),
+        (job("h-huge", "[5,-6]", "[5,1e300]"), "invalid job JSON"),
+        (job("h-string", "[5,-6]", "\"5,-6\""), "invalid job JSON"),
+        (job("h-empty", "[[1,2],[3,4]]", "[]"), "invalid a"),
+        (job("h-negative-tile", "\"kind\"", "\"tile_rows\":-2,\"kind\""), "invalid job JSON"),
+        (job("h-zero-tile", "\"kind\"", "\"tile_rows\":0,\"kind\""), "tile_rows 0 is outside"),
+        (job("h-tall-tile", "\"kind\"", "\"tile_rows\":5000,\"kind\""), "tile_rows 5000 is outside"),
+        (ok.replace("\"J\"", "\"bad id!\""), "invalid job_id"),
+        (ok.replace("\"J\"", &format!("\"{}\"", "x".repeat(65))), "invalid job_id"),
+        (job("h-no-file", "{\"inline\":[[1,2],[3,4]]}", "{\"path\":\"/nonexistent/a.npy\"}"), "cannot read /nonexistent/a.npy"),
+        (job("h-no-key", "{\"inline\":[5,-6]}", "{\"redis_key\":\"no-such-key\"}"), "no input at Redis key"),
+        (job("h-garbage-key", "{\"inline\":[[1,2],[3,4]]}", &format!("{{\"redis_key\":\"{garbage_key}\"}}")), "invalid .npy"),
+        (job("h-empty-path", "{\"inline\":[5,-6]}", "{\"path\":\"\"}"), "reference must be"),
+        (job("h-two-refs", "{\"inline\":[5,-6]}", "{\"inline\":[5,-6],\"path\":\"x\"}"), "invalid job JSON"),
+    ];
+    assert!(hostile.len() >= 20);
+    for (body, _) in &hostile {
+        fleet.publish(&fleet.topology.jobs(), body.as_bytes()).await;
+    }
+    let (good, native) = random_job("good", 3, 40, 1);
+    fleet
+        .publish(&fleet.topology.jobs(), good.to_string().as_bytes())
+        .await;
+
+    let mut errors = Vec::new();
+    let good = loop {
+        let result = next_result(&mut results).await;
+        if result.status == JobStatus::Succeeded {
+            break result;
+        }
+        assert_eq!(result.status, JobStatus::Failed);
+        errors.push(result.error.unwrap_or_default());
+    };
+    assert_eq!(errors.len(), hostile.len(), "one error per hostile job: {errors:#?}");
+    // The coordinator handles jobs in order, so the i-th error belongs to the i-th job.
+    for ((_, expected), error) in hostile.iter().zip(&errors) {
+        assert!(error.contains(expected), "expected {expected:?} in {error:?}");
+    }
+    assert_eq!(good.y, Some(native));
+
+    // Each hostile job left a dead-lettered copy with its reason.
+    let mut dead = fleet.client.consume(&fleet.topology.dead(), 50, "dead").await.unwrap();
+    for ((body, _), error) in hostile.iter().zip(&errors) {
+        let copy = next(&mut dead).await;
+        assert_eq!(&copy.body, body.as_bytes());
+        assert_eq!(copy.dead_letter_reason(), Some(error.as_str()));
+        copy.ack().await.unwrap();
+    }
+    let mut ids: Vec<String> = hostile
+        .iter()
+        .filter_map(|(b, _)| serde_json::from_str::<serde_json::Value>(b).ok())
+        .filter_map(|v| v["job_id"].as_str().map(str::to_string))
+        .collect();
+    ids.push("good".into());
+    fleet.store.delete(&[garbage_key]).await.unwrap();
+    fleet.clean_up(&ids.iter().map(String::as_str).collect::<Vec<_>>()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_submissions_and_deliveries_change_nothing() {
+    let mut fleet = Fleet::new("dup").await;
+    let mut results = fleet.client.subscribe_results("#").await.unwrap();
+    fleet.coordinator();
+    let (job, native) = random_job("dup", 4, 1100, 2);
+    let body = job.to_string();
+    fleet.publish(&fleet.topology.jobs(), body.as_bytes()).await;
+    fleet.publish(&fleet.topology.jobs(), body.as_bytes()).await;
+    // Both submissions handled: the jobs queue drains, and only one job's tasks are queued.
+    let started = Instant::now();
+    while fleet.client.depth(&fleet.topology.jobs()).await.unwrap().0 > 0
+        || fleet.progress("dup").await.and_then(|p| p.plan_s).is_none()
+    {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fleet.client.depth(&fleet.topology.tasks()).await.unwrap().0, 2);
+
+    // Deliver one task twice: a copy next to the original.
+    let mut tasks = fleet.client.consume(&fleet.topology.tasks(), 1, "dup").await.unwrap();
+    let task = next(&mut tasks).await;
+    fleet.publish(&fleet.topology.tasks(), &task.body).await;
+    task.nack(true).await.unwrap();
+    drop(tasks);
+    fleet.worker("w1");
+
+    let result = next_result(&mut results).await;
+    assert_eq!(result.job_id, "dup");
+    assert_eq!(result.status, JobStatus::Succeeded);
+    assert_eq!(result.y, Some(native));
+    assert_eq!(result.tile_timings.len(), 2);
+    assert!(result.tile_timings.iter().all(|t| t.attempt == 1));
+    // The duplicate task is proven and reported too, and ignored: no second result.
+    let started = Instant::now();
+    while fleet.client.depth(&fleet.topology.tasks()).await.unwrap().0 > 0
+        || fleet.client.depth(&fleet.topology.events()).await.unwrap().0 > 0
+    {
+        assert!(started.elapsed() < Duration::from_secs(120));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Resubmitting the finished job changes nothing either.
+    fleet.publish(&fleet.topology.jobs(), body.as_bytes()).await;
+    let extra = tokio::time::timeout(Duration::from_secs(8), results.next()).await;
+    assert!(extra.is_err(), "a duplicate produced another result");
+    let progress = fleet.progress("dup").await.unwrap();
+    assert_eq!((progress.status, progress.proven, progress.retries), (JobStatus::Succeeded, 2, 0));
+    fleet.clean_up(&["dup"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_proofs_are_caught_and_the_job_still_completes() {
+    let mut fleet = Fleet::new("forged").await;
+    let mut results = fleet.client.subscribe_results("#").await.unwrap();
+    fleet.coordinator();
+    let (job, native) = random_job("forged", 3, 1100, 3);
+    fleet
+        .publish(&fleet.topology.jobs(), job.to_string().as_bytes())
+        .await;
+
+    // A rogue worker takes both tasks. For tile 0 it stores a valid proof of other inputs at the
+    // same position; for tile 1, a proof of the right inputs with one byte changed.
+    let mut tasks = fleet.client.consume(&fleet.topology.tasks(), 2, "rogue").await.unwrap();
+    let prover = Prover::new(Profile::Test);
+    for _ in 0..2 {
+        let delivery = next(&mut tasks).await;
+        let task: TaskMsg = serde_json::from_slice(&delivery.body).unwrap();
+        let blob = fleet
+            .store
+            .get(&fleet.keys.tile_input("forged", task.tile.index))
+            .await
+            .unwrap()
+            .unwrap();
+        let blob = TileInputBlob::from_bytes(&blob).unwrap();
+        let mut a = blob.a.clone();
+        if task.tile.index == 0 {
+            let other: Vec<i64> = a.data().iter().map(|v| (v + 1).min(127)).collect();
+            a = Matrix::new(a.rows(), a.cols(), Dtype::I8, other).unwrap();
+        }
+        let tile = TileInput::new(blob.row0, blob.col0, a, blob.x.clone()).unwrap();
+        let (proof, _) = prover.prove(run_map(&tile, 1 << 22).unwrap().input).unwrap();
+        let mut bytes = proof.to_bytes();
+        if task.tile.index == 1 {
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x10;
+        }
+        fleet
+            .store
+            .put(&fleet.keys.proof("forged", task.tile.index, 1), &bytes, Duration::from_secs(600))
+            .await
+            .unwrap();
+        let event = TaskEvent {
+            job_id: "forged".into(),
+            tile_index: task.tile.index,
+            attempt: 1,
+            worker: "rogue".into(),
+            outcome: TaskOutcome::Proven { steps: 1, run_s: 0.1, prove_s: 0.1, proof_bytes: bytes.len(), peak_rss_bytes: 0 },
+        };
+        fleet
+            .publish(&fleet.topology.events(), &serde_json::to_vec(&event).unwrap())
+            .await;
+        delivery.ack().await.unwrap();
+    }
+    drop(tasks);
+    // The coordinator sends both tiles back; an honest worker proves them.
+    fleet.worker("honest");
+    let result = next_result(&mut results).await;
+    assert_eq!(result.status, JobStatus::Succeeded, "{:?}", result.error);
+    assert_eq!(result.y, Some(native));
+    for timing in &result.tile_timings {
+        assert_eq!((timing.attempt, timing.worker.as_str()), (2, "honest"));
+    }
+    assert_eq!(fleet.progress("forged").await.unwrap().retries, 2);
+    fleet.clean_up(&["forged"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_job_and_frees_its_keys() {
+    let mut fleet = Fleet::new("cancel").await;
+    let mut results = fleet.client.subscribe_results("cancel").await.unwrap();
+    fleet.coordinator();
+    fleet.worker("w1");
+    let (job, _) = random_job("cancel", 2, 1024 * 3, 4);
+    fleet
+        .publish(&fleet.topology.jobs(), job.to_string().as_bytes())
+        .await;
+    let started = Instant::now();
+    while fleet.progress("cancel").await.and_then(|p| p.plan_s).is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let working = fleet.keys.working_set("cancel", 3, 3);
+    let mut held = 0;
+    for key in &working {
+        held += usize::from(fleet.store.get(key).await.is_ok_and(|v| v.is_some()));
+    }
+    assert!(held >= 4, "the plan and three tile inputs are stored");
+
+    fleet
+        .publish(&fleet.topology.jobs(), br#"{"cancel":"cancel"}"#)
+        .await;
+    let result = next_result(&mut results).await;
+    assert_eq!(result.status, JobStatus::Cancelled);
+    assert_eq!(result.y, None);
+    assert_eq!(fleet.progress("cancel").await.unwrap().status, JobStatus::Cancelled);
+    // Let the worker finish the proof in hand and skip the rest.
+    let started = Instant::now();
+    while fleet.client.depth(&fleet.topology.tasks()).await.unwrap().0 > 0
+        || fleet.client.depth(&fleet.topology.events()).await.unwrap().0 > 0
+    {
+        assert!(started.elapsed() < Duration::from_secs(120));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for key in &working {
+        let gone = match fleet.store.get(key).await {
+            Ok(value) => value.is_none(),
+            Err(_) => fleet.store.fields(key).await.unwrap().is_empty(),
+        };
+        assert!(gone, "{key} outlived the cancel");
+    }
+    assert_eq!(fleet.store.get(&fleet.keys.result("cancel")).await.unwrap().is_some(), true);
+    fleet.clean_up(&["cancel"]).await;
+}
