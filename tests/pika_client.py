@@ -1,0 +1,48 @@
+"""Submit a job with pika and wait for its result on the results exchange.
+
+Any AMQP client can use the fleet: this one publishes to `<prefix>.jobs` (persistent, with
+publisher confirms, mandatory) and reads the result from an exclusive queue bound to the
+`<prefix>.results` topic exchange with the job id as routing key.
+
+usage: pika_client.py PREFIX JOB_FILE [TIMEOUT_S]   (prints the result JSON)
+"""
+
+import json
+import sys
+
+import pika
+
+
+def main() -> int:
+    prefix, job_file = sys.argv[1], sys.argv[2]
+    timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 300.0
+    with open(job_file, "rb") as f:
+        body = f.read()
+    job_id = json.loads(body)["job_id"]
+
+    params = pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2f")
+    connection = pika.BlockingConnection(params)
+    channel = connection.channel()
+    channel.confirm_delivery()
+    results = channel.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
+    channel.queue_bind(queue=results, exchange=f"{prefix}.results", routing_key=job_id)
+    channel.basic_publish(
+        exchange="",
+        routing_key=f"{prefix}.jobs",
+        body=body,
+        properties=pika.BasicProperties(delivery_mode=2, content_type="application/json"),
+        mandatory=True,
+    )
+    for method, _properties, payload in channel.consume(results, inactivity_timeout=timeout):
+        if method is None:
+            print(f"no result for {job_id} within {timeout}s", file=sys.stderr)
+            return 1
+        channel.basic_ack(method.delivery_tag)
+        print(payload.decode())
+        break
+    connection.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
