@@ -154,7 +154,9 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
         .await
         .unwrap();
     let ok = r#"{"schema_version":1,"job_id":"J","kind":"matvec","dtype":"i8","a":{"inline":[[1,2],[3,4]]},"x":{"inline":[5,-6]}}"#;
-    let job = |id: &str, from: &str, to: &str| ok.replace("\"J\"", &format!("\"{id}\"")).replace(from, to);
+    let job = |id: &str, from: &str, to: &str| {
+        ok.replace("\"J\"", &format!("\"{id}\"")).replace(from, to)
+    };
     let nested = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
     let oversize = format!(
         "{{\"schema_version\":1,\"kind\":\"matvec\",\"dtype\":\"i8\",\"a\":{{\"inline\":[[{}1]]}},\"x\":{{\"inline\":[1]}}}}",
@@ -167,29 +169,94 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
         ("[]".into(), "invalid job JSON"),
         (nested, "invalid job JSON"),
         (oversize, "over the 1048576-byte limit"),
-        (job("h-unknown", "\"kind\"", "\"bogus\":1,\"kind\""), "unknown field"),
-        (job("h-unknown-a", "{\"inline\":[[1,2],[3,4]]}", "{\"inline\":[[1,2],[3,4]],\"scale\":2}"), "invalid job JSON"),
-        (job("h-missing-x", ",\"x\":{\"inline\":[5,-6]}", ""), "missing field"),
-        (job("h-version", "\"schema_version\":1", "\"schema_version\":7"), "unsupported schema_version 7"),
+        (
+            job("h-unknown", "\"kind\"", "\"bogus\":1,\"kind\""),
+            "unknown field",
+        ),
+        (
+            job(
+                "h-unknown-a",
+                "{\"inline\":[[1,2],[3,4]]}",
+                "{\"inline\":[[1,2],[3,4]],\"scale\":2}",
+            ),
+            "invalid job JSON",
+        ),
+        (
+            job("h-missing-x", ",\"x\":{\"inline\":[5,-6]}", ""),
+            "missing field",
+        ),
+        (
+            job("h-version", "\"schema_version\":1", "\"schema_version\":7"),
+            "unsupported schema_version 7",
+        ),
         (job("h-kind", "matvec", "conv2d"), "unknown variant"),
         (job("h-dtype", "\"i8\"", "\"f32\""), "unknown variant"),
         (job("h-shape", "[5,-6]", "[5,-6,7]"), "shape mismatch"),
         (job("h-ragged", "[3,4]", "[3]"), "row 1 has 1 entries"),
-        (job("h-overflow", "[5,-6]", "[5,300]"), "out of range for i8"),
-        (job("h-underflow", "[1,2]", "[1,-129]"), "out of range for i8"),
+        (
+            job("h-overflow", "[5,-6]", "[5,300]"),
+            "out of range for i8",
+        ),
+        (
+            job("h-underflow", "[1,2]", "[1,-129]"),
+            "out of range for i8",
+        ),
         (job("h-huge", "[5,-6]", "[5,1e300]"), "invalid job JSON"),
         (job("h-string", "[5,-6]", "\"5,-6\""), "invalid job JSON"),
         (job("h-empty", "[[1,2],[3,4]]", "[]"), "invalid a"),
-        (job("h-negative-tile", "\"kind\"", "\"tile_rows\":-2,\"kind\""), "invalid job JSON"),
-        (job("h-zero-tile", "\"kind\"", "\"tile_rows\":0,\"kind\""), "tile_rows 0 is outside"),
-        (job("h-tall-tile", "\"kind\"", "\"tile_rows\":5000,\"kind\""), "tile_rows 5000 is outside"),
+        (
+            job("h-negative-tile", "\"kind\"", "\"tile_rows\":-2,\"kind\""),
+            "invalid job JSON",
+        ),
+        (
+            job("h-zero-tile", "\"kind\"", "\"tile_rows\":0,\"kind\""),
+            "tile_rows 0 is outside",
+        ),
+        (
+            job("h-tall-tile", "\"kind\"", "\"tile_rows\":5000,\"kind\""),
+            "tile_rows 5000 is outside",
+        ),
         (ok.replace("\"J\"", "\"bad id!\""), "invalid job_id"),
-        (ok.replace("\"J\"", &format!("\"{}\"", "x".repeat(65))), "invalid job_id"),
-        (job("h-no-file", "{\"inline\":[[1,2],[3,4]]}", "{\"path\":\"/nonexistent/a.npy\"}"), "cannot read /nonexistent/a.npy"),
-        (job("h-no-key", "{\"inline\":[5,-6]}", "{\"redis_key\":\"no-such-key\"}"), "no input at Redis key"),
-        (job("h-garbage-key", "{\"inline\":[[1,2],[3,4]]}", &format!("{{\"redis_key\":\"{garbage_key}\"}}")), "invalid .npy"),
-        (job("h-empty-path", "{\"inline\":[5,-6]}", "{\"path\":\"\"}"), "reference must be"),
-        (job("h-two-refs", "{\"inline\":[5,-6]}", "{\"inline\":[5,-6],\"path\":\"x\"}"), "invalid job JSON"),
+        (
+            ok.replace("\"J\"", &format!("\"{}\"", "x".repeat(65))),
+            "invalid job_id",
+        ),
+        (
+            job(
+                "h-no-file",
+                "{\"inline\":[[1,2],[3,4]]}",
+                "{\"path\":\"/nonexistent/a.npy\"}",
+            ),
+            "cannot read /nonexistent/a.npy",
+        ),
+        (
+            job(
+                "h-no-key",
+                "{\"inline\":[5,-6]}",
+                "{\"redis_key\":\"no-such-key\"}",
+            ),
+            "no input at Redis key",
+        ),
+        (
+            job(
+                "h-garbage-key",
+                "{\"inline\":[[1,2],[3,4]]}",
+                &format!("{{\"redis_key\":\"{garbage_key}\"}}"),
+            ),
+            "invalid .npy",
+        ),
+        (
+            job("h-empty-path", "{\"inline\":[5,-6]}", "{\"path\":\"\"}"),
+            "reference must be",
+        ),
+        (
+            job(
+                "h-two-refs",
+                "{\"inline\":[5,-6]}",
+                "{\"inline\":[5,-6],\"path\":\"x\"}",
+            ),
+            "invalid job JSON",
+        ),
     ];
     assert!(hostile.len() >= 20);
     for (body, _) in &hostile {
@@ -209,15 +276,26 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
         assert_eq!(result.status, JobStatus::Failed);
         errors.push(result.error.unwrap_or_default());
     };
-    assert_eq!(errors.len(), hostile.len(), "one error per hostile job: {errors:#?}");
+    assert_eq!(
+        errors.len(),
+        hostile.len(),
+        "one error per hostile job: {errors:#?}"
+    );
     // The coordinator handles jobs in order, so the i-th error belongs to the i-th job.
     for ((_, expected), error) in hostile.iter().zip(&errors) {
-        assert!(error.contains(expected), "expected {expected:?} in {error:?}");
+        assert!(
+            error.contains(expected),
+            "expected {expected:?} in {error:?}"
+        );
     }
     assert_eq!(good.y, Some(native));
 
     // Each hostile job left a dead-lettered copy with its reason.
-    let mut dead = fleet.client.consume(&fleet.topology.dead(), 50, "dead").await.unwrap();
+    let mut dead = fleet
+        .client
+        .consume(&fleet.topology.dead(), 50, "dead")
+        .await
+        .unwrap();
     for ((body, _), error) in hostile.iter().zip(&errors) {
         let copy = next(&mut dead).await;
         assert_eq!(&copy.body, body.as_bytes());
@@ -231,7 +309,9 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
         .collect();
     ids.push("good".into());
     fleet.store.delete(&[garbage_key]).await.unwrap();
-    fleet.clean_up(&ids.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    fleet
+        .clean_up(&ids.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,10 +332,17 @@ async fn duplicate_submissions_and_deliveries_change_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(fleet.client.depth(&fleet.topology.tasks()).await.unwrap().0, 2);
+    assert_eq!(
+        fleet.client.depth(&fleet.topology.tasks()).await.unwrap().0,
+        2
+    );
 
     // Deliver one task twice: a copy next to the original.
-    let mut tasks = fleet.client.consume(&fleet.topology.tasks(), 1, "dup").await.unwrap();
+    let mut tasks = fleet
+        .client
+        .consume(&fleet.topology.tasks(), 1, "dup")
+        .await
+        .unwrap();
     let task = next(&mut tasks).await;
     fleet.publish(&fleet.topology.tasks(), &task.body).await;
     task.nack(true).await.unwrap();
@@ -271,7 +358,13 @@ async fn duplicate_submissions_and_deliveries_change_nothing() {
     // The duplicate task is proven and reported too, and ignored: no second result.
     let started = Instant::now();
     while fleet.client.depth(&fleet.topology.tasks()).await.unwrap().0 > 0
-        || fleet.client.depth(&fleet.topology.events()).await.unwrap().0 > 0
+        || fleet
+            .client
+            .depth(&fleet.topology.events())
+            .await
+            .unwrap()
+            .0
+            > 0
     {
         assert!(started.elapsed() < Duration::from_secs(120));
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -281,7 +374,10 @@ async fn duplicate_submissions_and_deliveries_change_nothing() {
     let extra = tokio::time::timeout(Duration::from_secs(8), results.next()).await;
     assert!(extra.is_err(), "a duplicate produced another result");
     let progress = fleet.progress("dup").await.unwrap();
-    assert_eq!((progress.status, progress.proven, progress.retries), (JobStatus::Succeeded, 2, 0));
+    assert_eq!(
+        (progress.status, progress.proven, progress.retries),
+        (JobStatus::Succeeded, 2, 0)
+    );
     fleet.clean_up(&["dup"]).await;
 }
 
@@ -297,7 +393,11 @@ async fn forged_proofs_are_caught_and_the_job_still_completes() {
 
     // A rogue worker takes both tasks. For tile 0 it stores a valid proof of other inputs at the
     // same position; for tile 1, a proof of the right inputs with one byte changed.
-    let mut tasks = fleet.client.consume(&fleet.topology.tasks(), 2, "rogue").await.unwrap();
+    let mut tasks = fleet
+        .client
+        .consume(&fleet.topology.tasks(), 2, "rogue")
+        .await
+        .unwrap();
     let prover = Prover::new(Profile::Test);
     for _ in 0..2 {
         let delivery = next(&mut tasks).await;
@@ -315,7 +415,9 @@ async fn forged_proofs_are_caught_and_the_job_still_completes() {
             a = Matrix::new(a.rows(), a.cols(), Dtype::I8, other).unwrap();
         }
         let tile = TileInput::new(blob.row0, blob.col0, a, blob.x.clone()).unwrap();
-        let (proof, _) = prover.prove(run_map(&tile, 1 << 22).unwrap().input).unwrap();
+        let (proof, _) = prover
+            .prove(run_map(&tile, 1 << 22).unwrap().input)
+            .unwrap();
         let mut bytes = proof.to_bytes();
         if task.tile.index == 1 {
             let middle = bytes.len() / 2;
@@ -323,7 +425,11 @@ async fn forged_proofs_are_caught_and_the_job_still_completes() {
         }
         fleet
             .store
-            .put(&fleet.keys.proof("forged", task.tile.index, 1), &bytes, Duration::from_secs(600))
+            .put(
+                &fleet.keys.proof("forged", task.tile.index, 1),
+                &bytes,
+                Duration::from_secs(600),
+            )
             .await
             .unwrap();
         let event = TaskEvent {
@@ -331,10 +437,19 @@ async fn forged_proofs_are_caught_and_the_job_still_completes() {
             tile_index: task.tile.index,
             attempt: 1,
             worker: "rogue".into(),
-            outcome: TaskOutcome::Proven { steps: 1, run_s: 0.1, prove_s: 0.1, proof_bytes: bytes.len(), peak_rss_bytes: 0 },
+            outcome: TaskOutcome::Proven {
+                steps: 1,
+                run_s: 0.1,
+                prove_s: 0.1,
+                proof_bytes: bytes.len(),
+                peak_rss_bytes: 0,
+            },
         };
         fleet
-            .publish(&fleet.topology.events(), &serde_json::to_vec(&event).unwrap())
+            .publish(
+                &fleet.topology.events(),
+                &serde_json::to_vec(&event).unwrap(),
+            )
             .await;
         delivery.ack().await.unwrap();
     }
@@ -362,7 +477,12 @@ async fn cancel_stops_a_running_job_and_frees_its_keys() {
         .publish(&fleet.topology.jobs(), job.to_string().as_bytes())
         .await;
     let started = Instant::now();
-    while fleet.progress("cancel").await.and_then(|p| p.plan_s).is_none() {
+    while fleet
+        .progress("cancel")
+        .await
+        .and_then(|p| p.plan_s)
+        .is_none()
+    {
         assert!(started.elapsed() < Duration::from_secs(30));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -379,11 +499,20 @@ async fn cancel_stops_a_running_job_and_frees_its_keys() {
     let result = next_result(&mut results).await;
     assert_eq!(result.status, JobStatus::Cancelled);
     assert_eq!(result.y, None);
-    assert_eq!(fleet.progress("cancel").await.unwrap().status, JobStatus::Cancelled);
+    assert_eq!(
+        fleet.progress("cancel").await.unwrap().status,
+        JobStatus::Cancelled
+    );
     // Let the worker finish the proof in hand and skip the rest.
     let started = Instant::now();
     while fleet.client.depth(&fleet.topology.tasks()).await.unwrap().0 > 0
-        || fleet.client.depth(&fleet.topology.events()).await.unwrap().0 > 0
+        || fleet
+            .client
+            .depth(&fleet.topology.events())
+            .await
+            .unwrap()
+            .0
+            > 0
     {
         assert!(started.elapsed() < Duration::from_secs(120));
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -396,6 +525,14 @@ async fn cancel_stops_a_running_job_and_frees_its_keys() {
         };
         assert!(gone, "{key} outlived the cancel");
     }
-    assert_eq!(fleet.store.get(&fleet.keys.result("cancel")).await.unwrap().is_some(), true);
+    assert!(
+        fleet
+            .store
+            .get(&fleet.keys.result("cancel"))
+            .await
+            .unwrap()
+            .is_some(),
+        "the cancelled result stays readable"
+    );
     fleet.clean_up(&["cancel"]).await;
 }

@@ -97,7 +97,11 @@ fn submit_wait_result_and_sigterm() {
         .current_dir(here.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let embedded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(embedded["y"], result["y"]);
     assert!(std::fs::read(here.path().join("example-inline.cert"))
@@ -188,7 +192,10 @@ fn wait_status(prefix: &str, job: &str, done: impl Fn(&serde_json::Value) -> boo
                 return;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "{job} never got there");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "{job} never got there"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -203,13 +210,19 @@ fn two_workers_split_a_job_and_a_sigkilled_worker_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // 6 single-column-block tiles of 2 rows; inputs by path, as a fleet sharing a disk would.
     let (rows, cols) = (12usize, 64usize);
-    let a: Vec<i64> = (0..rows * cols).map(|i| (i as i64 * 37 % 255) - 127).collect();
+    let a: Vec<i64> = (0..rows * cols)
+        .map(|i| (i as i64 * 37 % 255) - 127)
+        .collect();
     let x: Vec<i64> = (0..cols).map(|i| (i as i64 * 11 % 255) - 127).collect();
     let native: Vec<i64> = (0..rows)
         .map(|r| (0..cols).map(|c| a[r * cols + c] * x[c]).sum())
         .collect();
     let a_path = dir.path().join("a.npy");
-    std::fs::write(&a_path, starkscale_common::tensor::npy::write_i8(&[rows, cols], &a)).unwrap();
+    std::fs::write(
+        &a_path,
+        starkscale_common::tensor::npy::write_i8(&[rows, cols], &a),
+    )
+    .unwrap();
     let job_path = dir.path().join("job.json");
     let job = serde_json::json!({
         "schema_version": 1, "job_id": "kill", "kind": "matvec", "dtype": "i8",
@@ -218,10 +231,20 @@ fn two_workers_split_a_job_and_a_sigkilled_worker_loses_nothing() {
     std::fs::write(&job_path, job.to_string()).unwrap();
 
     let coordinator = Service::start(&["coordinator", "--allow-test-profile"], &prefix);
-    let steady = Service::start(&["worker", "--profile", "test", "--name", "steady"], &prefix);
-    let doomed = Service::start(&["worker", "--profile", "test", "--name", "doomed"], &prefix);
+    let steady = Service::start(
+        &["worker", "--profile", "test", "--name", "steady"],
+        &prefix,
+    );
+    let doomed = Service::start(
+        &["worker", "--profile", "test", "--name", "doomed"],
+        &prefix,
+    );
     let out = starkscale(&["submit", job_path.to_str().unwrap()], &prefix);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Once both have delivered work, kill one without warning: it holds a task mid-proof.
     wait_status(&prefix, "kill", |s| s["proven"].as_u64().unwrap_or(0) >= 3);
@@ -235,7 +258,10 @@ fn two_workers_split_a_job_and_a_sigkilled_worker_loses_nothing() {
         if out.status.success() {
             break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "the job never finished");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the job never finished"
+        );
         std::thread::sleep(Duration::from_millis(300));
     };
     assert_eq!(result["status"], "succeeded");

@@ -76,7 +76,11 @@ async fn a_pika_client_submits_a_job_and_gets_its_result() {
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
     let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(job).unwrap()).unwrap();

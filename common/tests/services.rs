@@ -85,7 +85,11 @@ async fn dead_letter_keeps_the_message_and_its_reason() {
     let mut jobs = broker.consume(&topology.jobs(), 1, "j").await.unwrap();
     let delivery = next(&mut jobs).await;
     broker
-        .dead_letter(delivery, &topology.jobs(), "invalid job JSON: expected value")
+        .dead_letter(
+            delivery,
+            &topology.jobs(),
+            "invalid job JSON: expected value",
+        )
         .await
         .unwrap();
 
@@ -132,7 +136,10 @@ async fn batches_are_confirmed_and_replies_reach_reply_to() {
         .await
         .unwrap();
     let bodies: Vec<Vec<u8>> = (0..500).map(|i| format!("task {i}").into_bytes()).collect();
-    broker.publish_all(&topology.tasks(), &bodies).await.unwrap();
+    broker
+        .publish_all(&topology.tasks(), &bodies)
+        .await
+        .unwrap();
     assert_eq!(broker.depth(&topology.tasks()).await.unwrap().0, 500);
     let err = broker
         .publish_all(&unique_prefix("nowhere"), &bodies[..2])
@@ -176,7 +183,10 @@ async fn redis_hashes_and_batches_carry_ttls() {
     fields.sort();
     assert_eq!(
         fields,
-        vec![("0".into(), b"tile 0".to_vec()), ("1".into(), b"tile 1".to_vec())]
+        vec![
+            ("0".into(), b"tile 0".to_vec()),
+            ("1".into(), b"tile 1".to_vec())
+        ]
     );
     assert!(store.ttl(&key).await.unwrap().is_some());
     let batch: Vec<(String, Vec<u8>)> = (0..3).map(|i| (format!("{key}:{i}"), vec![i])).collect();
