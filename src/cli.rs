@@ -119,11 +119,10 @@ pub fn main() -> ExitCode {
         Command::Worker(config) => {
             serve(|shutdown| async move { Ok(starkscale_worker::run(config, shutdown).await?) })
         }
-        Command::Coordinator(config) => {
-            serve(
-                |shutdown| async move { Ok(starkscale_coordinator::run(config, shutdown).await?) },
-            )
-        }
+        Command::Coordinator(config) => serve(|shutdown| async move {
+            starkscale_coordinator::run(config, shutdown).await;
+            Ok(())
+        }),
         Command::Run(args) => serve(|_| client::run(args)),
         Command::Submit(args) => serve(|_| client::submit(args)),
         Command::Status(args) => serve(|_| client::status(args)),

@@ -56,7 +56,7 @@ impl Fleet {
         };
         let shutdown = self.shutdown.clone();
         self.services.push(tokio::spawn(async move {
-            starkscale_coordinator::run(config, shutdown).await.unwrap()
+            starkscale_coordinator::run(config, shutdown).await
         }));
     }
 

@@ -103,7 +103,7 @@ async fn a_pika_client_submits_a_job_and_gets_its_result() {
     assert_eq!(result["y"], serde_json::json!(native));
 
     shutdown.cancel();
-    coordinator.await.unwrap().unwrap();
+    coordinator.await.unwrap();
     worker.await.unwrap().unwrap();
     let keys = Keys::new(fleet.prefix.clone());
     let id = spec["job_id"].as_str().unwrap();

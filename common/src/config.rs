@@ -1,4 +1,15 @@
-//! Settings every fleet process shares: where RabbitMQ and Redis are, and the name prefix.
+//! Settings every fleet process shares: where RabbitMQ and Redis are, and the name prefix; and
+//! the reconnect loop every fleet service runs in ([`FleetConfig::serve`]).
+
+use std::fmt::Display;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::broker::{AmqpBroker, Topology};
+use crate::store::RedisStore;
 
 /// RabbitMQ on loopback with the default account.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -26,6 +37,50 @@ impl FleetConfig {
             amqp_url: DEFAULT_AMQP_URL.into(),
             redis_url: DEFAULT_REDIS_URL.into(),
             prefix: prefix.into(),
+        }
+    }
+}
+
+impl FleetConfig {
+    /// Runs `serve` over fresh RabbitMQ and Redis connections until it returns `Ok` (it does on
+    /// shutdown). A lost connection is not fatal: unacked deliveries return to their queues, and
+    /// the loop reconnects with backoff (250 ms doubling to 10 s, reset after a long good run).
+    pub async fn serve<F, Fut, E>(&self, role: &str, shutdown: &CancellationToken, mut serve: F)
+    where
+        F: FnMut(AmqpBroker, RedisStore) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: Display,
+    {
+        const FIRST: Duration = Duration::from_millis(250);
+        let mut backoff = FIRST;
+        loop {
+            let started = Instant::now();
+            let topology = Topology::new(self.prefix.clone());
+            let error = match AmqpBroker::connect(&self.amqp_url, topology).await {
+                Err(e) => e.to_string(),
+                Ok(broker) => {
+                    let served = match RedisStore::connect(&self.redis_url).await {
+                        Err(e) => Err(e.to_string()),
+                        Ok(store) => serve(broker.clone(), store)
+                            .await
+                            .map_err(|e| e.to_string()),
+                    };
+                    broker.close().await;
+                    match served {
+                        Ok(()) => return,
+                        Err(e) => e,
+                    }
+                }
+            };
+            if started.elapsed() > Duration::from_secs(60) {
+                backoff = FIRST;
+            }
+            warn!(%error, retry_in = ?backoff, "{role} lost RabbitMQ or Redis; reconnecting");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 }

@@ -29,14 +29,14 @@ use std::time::{Duration, Instant};
 
 use starkscale_cairo::encoding::{a_digest, x_digest};
 use starkscale_cairo::verify_tile;
-use starkscale_common::broker::{AmqpBroker, Broker, BrokerError, Delivery, Headers, Topology};
+use starkscale_common::broker::{Broker, BrokerError, Delivery, Headers};
 use starkscale_common::config::FleetConfig;
 use starkscale_common::job::{check_shapes, JobError, Request};
 use starkscale_common::messages::{
     unix_ms, JobProgress, JobRecord, JobResult, JobStatus, Keys, TaskEvent, TaskMsg, TaskOutcome,
     TileInputBlob, TileRecord, TileTiming,
 };
-use starkscale_common::store::{RedisStore, Store, StoreError};
+use starkscale_common::store::{Store, StoreError};
 use starkscale_common::{JobLimits, JobSpec, TilePlan};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -84,37 +84,13 @@ pub enum CoordinatorError {
 /// Serves jobs over RabbitMQ and Redis until `shutdown` is cancelled. A lost connection is not
 /// fatal: unacked messages return to their queues, and the loop reconnects with backoff and
 /// reloads job state from Redis.
-pub async fn run(
-    config: CoordinatorConfig,
-    shutdown: CancellationToken,
-) -> Result<(), CoordinatorError> {
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        let topology = Topology::new(config.fleet.prefix.clone());
-        let connected = async {
-            let broker = AmqpBroker::connect(&config.fleet.amqp_url, topology).await?;
-            let store = RedisStore::connect(&config.fleet.redis_url).await?;
-            Ok::<_, CoordinatorError>((broker, store))
-        };
-        let error = match connected.await {
-            Ok((broker, store)) => {
-                backoff = Duration::from_millis(250);
-                let served = serve(broker.clone(), store, &config, shutdown.clone()).await;
-                broker.close().await;
-                match served {
-                    Ok(()) => return Ok(()),
-                    Err(e) => e,
-                }
-            }
-            Err(e) => e,
-        };
-        warn!(error = %error, retry_in = ?backoff, "coordinator lost RabbitMQ or Redis; reconnecting");
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
+pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) {
+    config
+        .fleet
+        .serve("coordinator", &shutdown, |broker, store| {
+            serve(broker, store, &config, shutdown.clone())
+        })
+        .await;
 }
 
 /// Serves jobs over any broker and store until `shutdown` is cancelled.
@@ -330,7 +306,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         };
         self.publish_tasks(job_id, &job).await?;
         job.plan_s = Some(received.elapsed().as_secs_f64());
-        self.save_progress(job_id, &job).await?;
+        self.save_progress(job_id, &job, JobStatus::Running).await?;
         info!(job = %job_id, tiles = job.plan.len(), rows = job.plan.rows, cols = job.plan.cols, "job planned");
         self.jobs.insert(job_id.to_string(), job);
         Ok(())
@@ -372,10 +348,15 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             .await
     }
 
-    async fn save_progress(&self, job_id: &str, job: &Job) -> Result<(), StoreError> {
+    async fn save_progress(
+        &self,
+        job_id: &str,
+        job: &Job,
+        status: JobStatus,
+    ) -> Result<(), StoreError> {
         let progress = JobProgress {
             job_id: job_id.to_string(),
-            status: JobStatus::Running,
+            status,
             tiles: job.plan.len(),
             proven: job.proven(),
             retries: job.retries,
@@ -577,7 +558,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             }
         }
         if let Some(job) = self.jobs.get(job_id) {
-            self.save_progress(job_id, job).await?;
+            self.save_progress(job_id, job, JobStatus::Running).await?;
         }
         Ok(())
     }
@@ -711,18 +692,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                     .collect();
             }
         }
-        let progress = JobProgress {
-            job_id: job_id.to_string(),
-            status: result.status,
-            tiles: job.plan.len(),
-            proven: job.proven(),
-            retries: job.retries,
-            started_unix_ms: job.record.started_unix_ms,
-            plan_s: job.plan_s,
-        };
-        self.store
-            .put(&self.keys.progress(job_id), &to_json(&progress), self.ttl())
-            .await?;
+        self.save_progress(job_id, &job, result.status).await?;
         let working = self
             .keys
             .working_set(job_id, job.plan.len(), self.config.max_attempts);

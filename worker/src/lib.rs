@@ -22,10 +22,10 @@ use std::time::Duration;
 
 use starkscale_cairo::run::DEFAULT_MAX_STEPS;
 use starkscale_cairo::{run_map, KernelError, Profile, Prover, TileInput};
-use starkscale_common::broker::{AmqpBroker, Broker, BrokerError, Delivery, Headers, Topology};
+use starkscale_common::broker::{Broker, BrokerError, Delivery, Headers};
 use starkscale_common::config::FleetConfig;
 use starkscale_common::messages::{Keys, TaskEvent, TaskMsg, TaskOutcome, TileInputBlob};
-use starkscale_common::store::{RedisStore, Store, StoreError};
+use starkscale_common::store::{Store, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -82,40 +82,13 @@ pub enum WorkerError {
 /// worker reconnects with backoff.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let prover = Arc::new(prover(&config).await?);
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        let topology = Topology::new(config.fleet.prefix.clone());
-        let connected = async {
-            let broker = AmqpBroker::connect(&config.fleet.amqp_url, topology).await?;
-            let store = RedisStore::connect(&config.fleet.redis_url).await?;
-            Ok::<_, WorkerError>((broker, store))
-        };
-        let error = match connected.await {
-            Ok((broker, store)) => {
-                backoff = Duration::from_millis(250);
-                let served = serve_with(
-                    broker.clone(),
-                    store,
-                    &config,
-                    prover.clone(),
-                    shutdown.clone(),
-                )
-                .await;
-                broker.close().await;
-                match served {
-                    Ok(()) => return Ok(()),
-                    Err(e) => e,
-                }
-            }
-            Err(e) => e,
-        };
-        warn!(error = %error, retry_in = ?backoff, "worker lost RabbitMQ or Redis; reconnecting");
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
+    config
+        .fleet
+        .serve("worker", &shutdown, |broker, store| {
+            serve_with(broker, store, &config, prover.clone(), shutdown.clone())
+        })
+        .await;
+    Ok(())
 }
 
 /// Twiddles and the preprocessed commitment: once per process, off the runtime.

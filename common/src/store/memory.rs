@@ -16,16 +16,26 @@ struct Entry {
     expires: Instant,
 }
 
+#[derive(Default)]
+struct Map {
+    entries: HashMap<String, Entry>,
+    writes: usize,
+}
+
+/// How many writes between sweeps of expired keys: each access checks its own key's expiry, and
+/// an occasional sweep keeps finished jobs from accumulating without scanning on every call.
+const SWEEP_EVERY: usize = 1024;
+
 /// A map of keys with TTLs; expired keys read as absent. Clones share the map.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
-    map: Arc<Mutex<HashMap<String, Entry>>>,
+    map: Arc<Mutex<Map>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("keys", &self.live().len())
+            .field("keys", &self.keys().len())
             .finish()
     }
 }
@@ -35,17 +45,40 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    /// The map with expired keys dropped (so memory does not grow with finished jobs).
-    fn live(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        map.retain(|_, e| e.expires > now);
-        map
+    fn lock(&self) -> MutexGuard<'_, Map> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Keys currently held (tests check that finished jobs leave none behind).
     pub fn keys(&self) -> Vec<String> {
-        self.live().keys().cloned().collect()
+        let now = Instant::now();
+        let map = self.lock();
+        map.entries
+            .iter()
+            .filter(|(_, e)| e.expires > now)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+impl Map {
+    /// The live entry at `key`; an expired one is removed.
+    fn live(&mut self, key: &str) -> Option<&mut Entry> {
+        if self.entries.get(key)?.expires <= Instant::now() {
+            self.entries.remove(key);
+            return None;
+        }
+        self.entries.get_mut(key)
+    }
+
+    /// Counts a write and, every [`SWEEP_EVERY`] writes, drops expired keys.
+    fn wrote(&mut self, n: usize) {
+        self.writes += n;
+        if self.writes >= SWEEP_EVERY {
+            self.writes = 0;
+            let now = Instant::now();
+            self.entries.retain(|_, e| e.expires > now);
+        }
     }
 }
 
@@ -59,7 +92,7 @@ fn wrong_type(op: &'static str, key: &str) -> StoreError {
 
 impl Store for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.live().get(key).map(|e| &e.value) {
+        match self.lock().live(key).map(|e| &e.value) {
             None => Ok(None),
             Some(Value::Bytes(b)) => Ok(Some(b.clone())),
             Some(Value::Hash(_)) => Err(wrong_type("GET", key)),
@@ -71,7 +104,9 @@ impl Store for MemoryStore {
             value: Value::Bytes(value.to_vec()),
             expires: Instant::now() + ttl,
         };
-        self.live().insert(key.to_string(), entry);
+        let mut map = self.lock();
+        map.entries.insert(key.to_string(), entry);
+        map.wrote(1);
         Ok(())
     }
 
@@ -81,11 +116,13 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let expires = Instant::now() + ttl;
-        let mut map = self.live();
+        let mut map = self.lock();
+        let n = entries.len();
         for (key, value) in entries {
             let value = Value::Bytes(value);
-            map.insert(key, Entry { value, expires });
+            map.entries.insert(key, Entry { value, expires });
         }
+        map.wrote(n);
         Ok(())
     }
 
@@ -95,15 +132,16 @@ impl Store for MemoryStore {
         value: &[u8],
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut map = self.live();
-        if map.contains_key(key) {
+        let mut map = self.lock();
+        if map.live(key).is_some() {
             return Ok(false);
         }
         let entry = Entry {
             value: Value::Bytes(value.to_vec()),
             expires: Instant::now() + ttl,
         };
-        map.insert(key.to_string(), entry);
+        map.entries.insert(key.to_string(), entry);
+        map.wrote(1);
         Ok(true)
     }
 
@@ -114,8 +152,10 @@ impl Store for MemoryStore {
         value: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let mut map = self.live();
-        let entry = map.entry(key.to_string()).or_insert_with(|| Entry {
+        let mut map = self.lock();
+        map.live(key); // an expired hash starts over
+        map.wrote(1);
+        let entry = map.entries.entry(key.to_string()).or_insert_with(|| Entry {
             value: Value::Hash(BTreeMap::new()),
             expires: Instant::now(),
         });
@@ -128,7 +168,7 @@ impl Store for MemoryStore {
     }
 
     async fn fields(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        match self.live().get(key).map(|e| &e.value) {
+        match self.lock().live(key).map(|e| &e.value) {
             None => Ok(Vec::new()),
             Some(Value::Hash(h)) => Ok(h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
             Some(Value::Bytes(_)) => Err(wrong_type("HGETALL", key)),
@@ -138,14 +178,18 @@ impl Store for MemoryStore {
     async fn ttl(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let now = Instant::now();
         Ok(self
-            .live()
-            .get(key)
+            .lock()
+            .live(key)
             .map(|e| e.expires.saturating_duration_since(now).as_secs()))
     }
 
     async fn delete(&self, keys: &[String]) -> Result<u64, StoreError> {
-        let mut map = self.live();
-        Ok(keys.iter().filter(|k| map.remove(*k).is_some()).count() as u64)
+        let mut map = self.lock();
+        let live = keys.iter().filter(|k| map.live(k).is_some()).count();
+        for key in keys {
+            map.entries.remove(key);
+        }
+        Ok(live as u64)
     }
 }
 
