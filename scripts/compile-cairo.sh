@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates and recompiles the Cairo programs in cairo/programs/.
 #
-#   scripts/compile-cairo.sh          rewrite map{,_unbound}.{cairo,json} and the test fixtures
+#   scripts/compile-cairo.sh          rewrite map{,_unbound}.{cairo,json}, reduce.json, root.json
+#                                     and the test fixtures
 #   scripts/compile-cairo.sh --check  fail if either differs from the committed file
 #
 # cairo-lang 0.14.0.1 (PyPI) runs from a venv under ~/.cache/starkscale, created on first use.
@@ -29,6 +30,10 @@ python3 gen_map.py --unbound > "$out/map_unbound.cairo"
 for name in map map_unbound; do
   (cd "$out" && "$venv/bin/cairo-compile" --proof_mode --no_debug_info $name.cairo --output $name.json)
 done
+# The reduce programs are hand-written; they share starkscale_tree.cairo.
+for name in reduce root; do
+  "$venv/bin/cairo-compile" --proof_mode --no_debug_info --cairo_path . $name.cairo --output "$out/$name.json"
+done
 fixtures="$root/cairo/tests/fixtures"
 for name in other blake2s; do
   (cd "$fixtures" && "$venv/bin/cairo-compile" --proof_mode --no_debug_info $name.cairo --output "$out/$name.json")
@@ -37,7 +42,8 @@ done
 if $check; then
   status=0
   for f in cairo/programs/map.cairo cairo/programs/map.json cairo/programs/map_unbound.cairo \
-    cairo/programs/map_unbound.json cairo/tests/fixtures/other.json cairo/tests/fixtures/blake2s.json; do
+    cairo/programs/map_unbound.json cairo/programs/reduce.json cairo/programs/root.json \
+    cairo/tests/fixtures/other.json cairo/tests/fixtures/blake2s.json; do
     if ! cmp -s "$out/$(basename "$f")" "$root/$f"; then
       echo "compile-cairo: $f is stale: run scripts/compile-cairo.sh" >&2
       status=1
@@ -46,6 +52,7 @@ if $check; then
   [ $status = 0 ] && echo "compile-cairo: committed programs are reproducible"
   exit $status
 fi
-cp "$out"/map.cairo "$out"/map.json "$out"/map_unbound.cairo "$out"/map_unbound.json .
+cp "$out"/map.cairo "$out"/map.json "$out"/map_unbound.cairo "$out"/map_unbound.json \
+  "$out"/reduce.json "$out"/root.json .
 cp "$out/other.json" "$out/blake2s.json" "$fixtures/"
-echo "compile-cairo: wrote cairo/programs/map{,_unbound}.{cairo,json} and cairo/tests/fixtures/*.json"
+echo "compile-cairo: wrote cairo/programs/{map,map_unbound,reduce,root}.json, map{,_unbound}.cairo and cairo/tests/fixtures/*.json"

@@ -14,12 +14,14 @@
 //! - [`verify`]: [`verify_tile`] pins program hash, preprocessed root and parameters, and never
 //!   panics on hostile bytes.
 
+pub mod certificate;
 pub mod encoding;
 mod hints;
 pub mod program;
 pub mod proof;
 pub mod prove;
 pub mod run;
+pub mod tree;
 pub mod verify;
 
 pub use encoding::{Digest, Fact, MapOutput, TileInput, TILE_COLS};
@@ -33,6 +35,8 @@ pub use verify::{verify_tile, VerifiedTile, VerifyError};
 pub enum KernelError {
     #[error("invalid tile: {0}")]
     InvalidTile(String),
+    #[error("invalid reduce node: {0}")]
+    InvalidNode(String),
     #[error("the kernel needs more than the step limit of {limit} steps")]
     StepLimit { limit: usize },
     #[error("cairo-vm failed: {0}")]
@@ -49,7 +53,9 @@ impl KernelError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            KernelError::InvalidTile(_) | KernelError::StepLimit { .. }
+            KernelError::InvalidTile(_)
+                | KernelError::InvalidNode(_)
+                | KernelError::StepLimit { .. }
         )
     }
 }

@@ -1,5 +1,6 @@
-//! The compiled map program and the values a verifier pins about it.
+//! The compiled programs and the values a verifier pins about them.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use cairo_air::utils::encode_and_hash_memory_section;
@@ -11,13 +12,78 @@ use crate::encoding::Digest;
 
 /// `cairo-compile --proof_mode --no_debug_info` output of `programs/map.cairo`.
 pub const MAP_PROGRAM_JSON: &[u8] = include_bytes!("../programs/map.json");
+/// `programs/reduce.cairo`: an inner node of the reduce tree.
+pub const REDUCE_PROGRAM_JSON: &[u8] = include_bytes!("../programs/reduce.json");
+/// `programs/root.cairo`: the root of the reduce tree.
+pub const ROOT_PROGRAM_JSON: &[u8] = include_bytes!("../programs/root.json");
 /// The kernel without its digest chains, for measuring what binding costs. Never verified.
 pub const MAP_UNBOUND_PROGRAM_JSON: &[u8] = include_bytes!("../programs/map_unbound.json");
 
+/// The programs a certificate may contain proofs of, each pinned by its bytecode hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pinned {
+    Map,
+    Reduce,
+    Root,
+}
+
+impl Pinned {
+    pub const ALL: [Pinned; 3] = [Pinned::Map, Pinned::Reduce, Pinned::Root];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pinned::Map => "map",
+            Pinned::Reduce => "reduce",
+            Pinned::Root => "root",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn json(self) -> &'static [u8] {
+        match self {
+            Pinned::Map => MAP_PROGRAM_JSON,
+            Pinned::Reduce => REDUCE_PROGRAM_JSON,
+            Pinned::Root => ROOT_PROGRAM_JSON,
+        }
+    }
+
+    /// The program, loaded once per process.
+    pub fn program(self) -> &'static Program {
+        static PROGRAMS: [OnceLock<Program>; 3] =
+            [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        PROGRAMS[self.index()].get_or_init(|| load(self.json()))
+    }
+
+    /// Blake2s hash of the bytecode as it appears in a proof's public memory (the hash
+    /// stwo-cairo's verifier reports), computed from the embedded program.
+    pub fn hash(self) -> Digest {
+        static HASHES: [OnceLock<Digest>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        *HASHES[self.index()].get_or_init(|| Digest(encode_and_hash_memory_section(self.section())))
+    }
+
+    /// Which pinned program has this bytecode hash.
+    pub fn from_hash(hash: &Digest) -> Option<Pinned> {
+        Pinned::ALL.into_iter().find(|p| p.hash() == *hash)
+    }
+
+    /// The bytecode as a proof's public memory lists it: (memory value id, limbs) per cell. Ids
+    /// follow stwo-cairo's memory builder, which numbers distinct values in address order (the
+    /// program is the first segment): small values (< 2^72) and others in separate ranges. The
+    /// proof envelope elides a program section only when it equals this exactly, so a mismatch
+    /// here can only cost size, never correctness.
+    pub(crate) fn section(self) -> &'static Vec<(u32, [u32; 8])> {
+        static SECTIONS: [OnceLock<Vec<(u32, [u32; 8])>>; 3] =
+            [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        SECTIONS[self.index()].get_or_init(|| section_of(self.program()))
+    }
+}
+
 /// Loads the map program once per process.
 pub fn map_program() -> &'static Program {
-    static PROGRAM: OnceLock<Program> = OnceLock::new();
-    PROGRAM.get_or_init(|| load(MAP_PROGRAM_JSON))
+    Pinned::Map.program()
 }
 
 pub(crate) fn map_unbound_program() -> &'static Program {
@@ -26,44 +92,34 @@ pub(crate) fn map_unbound_program() -> &'static Program {
 }
 
 fn load(json: &[u8]) -> Program {
-    // The file is compiled into the binary and checked by tests: failing here is a build bug.
+    // The files are compiled into the binary and checked by tests: failing here is a build bug.
     #[allow(clippy::expect_used)]
     Program::from_bytes(json, Some("main")).expect("embedded program parses")
 }
 
-/// Blake2s hash of the program's bytecode as it appears in a proof's public memory (the hash
-/// stwo-cairo's verifier output reports), computed from the embedded program.
+/// The map kernel's bytecode hash.
 pub fn map_program_hash() -> Digest {
-    static HASH: OnceLock<Digest> = OnceLock::new();
-    *HASH.get_or_init(|| Digest(encode_and_hash_memory_section(map_program_section())))
+    Pinned::Map.hash()
 }
 
-/// The map kernel's bytecode as a proof's public memory lists it: (memory value id, limbs) per
-/// cell. Ids follow stwo-cairo's memory builder, which numbers distinct values in address order
-/// (the program is the first segment): small values (< 2^72) and others in separate ranges.
-/// `to_bytes` elides a program section only when it equals this exactly, so a mismatch here can
-/// only cost size, never correctness.
-pub(crate) fn map_program_section() -> &'static Vec<(u32, [u32; 8])> {
-    static SECTION: std::sync::OnceLock<Vec<(u32, [u32; 8])>> = std::sync::OnceLock::new();
-    SECTION.get_or_init(|| {
-        let mut small = std::collections::HashMap::new();
-        let mut large = std::collections::HashMap::new();
-        map_program()
-            .iter_data()
-            .map(|v| {
-                let limbs = felt_to_limbs(&v.get_int_ref().copied().unwrap_or_default());
-                let is_small = limbs[3..].iter().all(|&l| l == 0) && limbs[2] < (1 << 8);
-                let id = if is_small {
-                    let n = small.len() as u32;
-                    *small.entry(limbs).or_insert(n)
-                } else {
-                    let n = large.len() as u32;
-                    *large.entry(limbs).or_insert(n) | LARGE_MEMORY_VALUE_ID_BASE
-                };
-                (id, limbs)
-            })
-            .collect()
-    })
+fn section_of(program: &Program) -> Vec<(u32, [u32; 8])> {
+    let mut small = HashMap::new();
+    let mut large = HashMap::new();
+    program
+        .iter_data()
+        .map(|v| {
+            let limbs = felt_to_limbs(&v.get_int_ref().copied().unwrap_or_default());
+            let is_small = limbs[3..].iter().all(|&l| l == 0) && limbs[2] < (1 << 8);
+            let id = if is_small {
+                let n = small.len() as u32;
+                *small.entry(limbs).or_insert(n)
+            } else {
+                let n = large.len() as u32;
+                *large.entry(limbs).or_insert(n) | LARGE_MEMORY_VALUE_ID_BASE
+            };
+            (id, limbs)
+        })
+        .collect()
 }
 
 /// A field element as 8 little-endian u32 limbs (stwo-cairo's memory value layout).

@@ -4,22 +4,23 @@
 //! encoding of stwo-cairo's `CairoProofForRustVerifier` (claim, interaction claim, STARK proof).
 //! The public output lives in the claim, so nothing in the envelope can disagree with the proof.
 //!
-//! The claim also carries the program's bytecode (6.5k cells, ~220 KB). When it is exactly the
-//! map kernel's, the envelope leaves it out (section byte 1) and decoding rebuilds it from the
+//! The claim also carries the program's bytecode (6.5k cells, ~220 KB for the map kernel). When it
+//! is exactly one of the [`Pinned`] programs', the envelope leaves it out (section byte 1 + the
+//! program's index) and decoding rebuilds it from the
 //! embedded program: a verifier pins that program anyway, so the bytes carried nothing.
 
 use cairo_air::CairoProofForRustVerifier;
 use stwo::core::vcs_lifted::blake2_merkle::Blake2sMerkleHasher;
 
 use crate::encoding::Digest;
-use crate::program::map_program_section;
+use crate::program::Pinned;
 use crate::prove::Profile;
 use crate::verify::VerifyError;
 
 pub(crate) const MAGIC: &[u8; 4] = b"SSTP";
 pub(crate) const ENVELOPE_VERSION: u8 = 1;
+/// Section byte: the bytecode is in the proof; otherwise 1 + the index of a [`Pinned`] program.
 const PROGRAM_INLINE: u8 = 0;
-const PROGRAM_MAP_KERNEL: u8 = 1;
 const HEADER_BYTES: usize = 7;
 /// Proofs are about 1 MB; anything claiming more than this is rejected before decoding.
 pub const MAX_PROOF_BYTES: u64 = 64 << 20;
@@ -53,8 +54,8 @@ impl TileProof {
         let program = &self.proof.claim.public_data.public_memory.program;
         // Serializing plain data into a Vec cannot fail.
         #[allow(clippy::expect_used)]
-        if program == map_program_section() {
-            out.push(PROGRAM_MAP_KERNEL);
+        if let Some(pinned) = Pinned::ALL.into_iter().find(|p| program == p.section()) {
+            out.push(1 + pinned as u8);
             let mut elided = self.proof.clone();
             elided.claim.public_data.public_memory.program = Vec::new();
             bincode::serialize_into(&mut out, &elided).expect("in-memory bincode");
@@ -94,7 +95,9 @@ impl TileProof {
         let program = &mut proof.claim.public_data.public_memory.program;
         match bytes[6] {
             PROGRAM_INLINE => {}
-            PROGRAM_MAP_KERNEL if program.is_empty() => *program = map_program_section().clone(),
+            code if program.is_empty() && (1..=Pinned::ALL.len() as u8).contains(&code) => {
+                *program = Pinned::ALL[code as usize - 1].section().clone()
+            }
             other => {
                 return Err(VerifyError::Malformed(format!(
                     "bad program section byte {other}"

@@ -1,4 +1,4 @@
-//! Executes the map kernel in cairo-vm and adapts the execution for stwo.
+//! Executes the map kernel and the reduce programs in cairo-vm and adapts the execution for stwo.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,21 +10,24 @@ use cairo_vm::cairo_run::{cairo_run_program, CairoRunConfig};
 use cairo_vm::hint_processor::builtin_hint_processor::builtin_hint_processor_definition::{
     BuiltinHintProcessor, HintFunc,
 };
+use cairo_vm::hint_processor::builtin_hint_processor::hint_utils::insert_value_from_var_name;
 use cairo_vm::hint_processor::hint_processor_definition::HintProcessor;
 use cairo_vm::types::layout_name::LayoutName;
 use cairo_vm::types::program::Program;
-use cairo_vm::types::relocatable::Relocatable;
+use cairo_vm::types::relocatable::{MaybeRelocatable, Relocatable};
 use cairo_vm::vm::errors::cairo_run_errors::CairoRunError;
 use cairo_vm::vm::errors::vm_errors::VirtualMachineError;
 use cairo_vm::vm::errors::vm_exception::VmException;
 use cairo_vm::vm::runners::builtin_runner::BuiltinRunner;
 use cairo_vm::vm::runners::cairo_runner::{CairoRunner, RunResources};
+use cairo_vm::Felt252;
 use num_traits::ToPrimitive;
 use stwo_cairo_adapter::ProverInput;
 
-use crate::encoding::{MapOutput, TileInput};
+use crate::encoding::{MapOutput, TileInput, KIND_MAP};
 use crate::hints::MapHints;
-use crate::program::{map_program, map_unbound_program};
+use crate::program::{map_program, map_unbound_program, Pinned};
+use crate::tree::{ReduceInput, KIND_NODE};
 use crate::KernelError;
 
 /// Default step budget: a 1022-row tile needs ~1.25 M steps.
@@ -113,6 +116,67 @@ pub fn run_program(
         .map_err(|e| KernelError::Vm(format!("cannot load program: {e}")))?;
     let mut hints = BuiltinHintProcessor::new(extra_hints, RunResources::new(max_steps));
     let (runner, input, stats) = execute(&program, &mut hints, max_steps)?;
+    Ok(ProgramRun {
+        output: output_words(&runner)?,
+        input,
+        stats,
+    })
+}
+
+/// Runs `reduce.cairo` or `root.cairo` (as `input.root` says) on a node's children.
+pub fn run_reduce(input: &ReduceInput, max_steps: usize) -> Result<ProgramRun, KernelError> {
+    let kind = input.child_kind();
+    if input.children.is_empty() || !(kind == KIND_MAP || kind == KIND_NODE) {
+        return Err(KernelError::InvalidNode(
+            "a reduce node needs children that are all map tiles or all nodes".into(),
+        ));
+    }
+    let program = if input.root {
+        Pinned::Root
+    } else {
+        Pinned::Reduce
+    };
+    let node = Arc::new(input.clone());
+    let load = HintFunc(Box::new(
+        move |vm, _scopes, ids, ap_tracking, _constants| {
+            let table = vm.add_memory_segment();
+            let mut entries = Vec::with_capacity(node.children.len());
+            for child in &node.children {
+                let segment = vm.add_memory_segment();
+                let cells: Vec<MaybeRelocatable> = child
+                    .program_hash
+                    .0
+                    .iter()
+                    .chain(&child.output)
+                    .map(|&w| Felt252::from(w).into())
+                    .collect();
+                vm.load_data(segment, &cells)?;
+                entries.push(MaybeRelocatable::from(segment));
+            }
+            vm.load_data(table, &entries)?;
+            insert_value_from_var_name("children", table, vm, ids, ap_tracking)?;
+            let mut values = vec![
+                ("mode", node.child_kind()),
+                ("n_children", node.children.len() as u32),
+                ("n_blocks", node.blocks),
+                ("col_tiles", node.col_tiles),
+                ("rows", node.rows),
+                ("cols", node.cols),
+                ("tile_rows", node.tile_rows),
+                ("tile_cols", node.tile_cols),
+            ];
+            if !node.root {
+                values.push(("row0", node.row0));
+            }
+            for (name, value) in values {
+                insert_value_from_var_name(name, Felt252::from(value), vm, ids, ap_tracking)?;
+            }
+            Ok(())
+        },
+    ));
+    let hints = HashMap::from([("starkscale_reduce_inputs".to_string(), Rc::new(load))]);
+    let mut hints = BuiltinHintProcessor::new(hints, RunResources::new(max_steps));
+    let (runner, input, stats) = execute(program.program(), &mut hints, max_steps)?;
     Ok(ProgramRun {
         output: output_words(&runner)?,
         input,

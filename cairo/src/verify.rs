@@ -16,7 +16,7 @@ use starkscale_common::{Matrix, Vector};
 use stwo::core::vcs_lifted::blake2_merkle::Blake2sMerkleChannel;
 
 use crate::encoding::{self, Digest, Fact, MapOutput};
-use crate::program::map_program_hash;
+use crate::program::{map_program_hash, Pinned};
 use crate::proof::TileProof;
 use crate::prove::{Profile, PREPROCESSED_VARIANT};
 
@@ -37,6 +37,8 @@ pub enum VerifyError {
     PreprocessedRoot { expected: String, found: String },
     #[error("proof is of another program (hash {found}), not the map kernel {expected}")]
     WrongProgram { expected: Digest, found: Digest },
+    #[error("proof is of a program that is not one of the pinned map, reduce and root programs (hash {0})")]
+    UnknownProgram(Digest),
     #[error("malformed public output: {0}")]
     MalformedOutput(String),
     #[error("STARK verification failed: {0}")]
@@ -70,6 +72,30 @@ pub fn verify_tile(bytes: &[u8], allow_test: bool) -> Result<VerifiedTile, Verif
 
 pub fn verify_tile_proof(proof: TileProof, allow_test: bool) -> Result<VerifiedTile, VerifyError> {
     let profile = proof.profile;
+    let program = check_pinned(&proof, allow_test)?;
+    let program_hash = proof.program_hash();
+    if program != Pinned::Map {
+        return Err(VerifyError::WrongProgram {
+            expected: map_program_hash(),
+            found: program_hash,
+        });
+    }
+    let words = proof.output_words()?;
+    let output = MapOutput::from_words(&words).map_err(VerifyError::MalformedOutput)?;
+    check_stark(proof)?;
+    Ok(VerifiedTile {
+        profile,
+        fact: encoding::fact(&program_hash, &words),
+        program_hash,
+        output,
+    })
+}
+
+/// Everything about a proof except its STARK: the profile is accepted, the parameters are the
+/// profile's, the preprocessed variant and root are the pinned ones, and the program is one of
+/// the [`Pinned`] programs, which is returned.
+pub fn check_pinned(proof: &TileProof, allow_test: bool) -> Result<Pinned, VerifyError> {
+    let profile = proof.profile;
     if profile != Profile::Production && !allow_test {
         return Err(VerifyError::ProfileRefused(profile));
     }
@@ -93,30 +119,19 @@ pub fn verify_tile_proof(proof: TileProof, allow_test: bool) -> Result<VerifiedT
             found: format!("{:?}/{root}", stark.preprocessed_trace_variant),
         });
     }
-    let program_hash = proof.program_hash();
-    if program_hash != map_program_hash() {
-        return Err(VerifyError::WrongProgram {
-            expected: map_program_hash(),
-            found: program_hash,
-        });
-    }
-    let words = proof.output_words()?;
-    let output = MapOutput::from_words(&words).map_err(VerifyError::MalformedOutput)?;
+    let hash = proof.program_hash();
+    Pinned::from_hash(&hash).ok_or(VerifyError::UnknownProgram(hash))
+}
 
+/// The STARK itself. `verify_cairo` asserts on malformed claims; hostile bytes must give an
+/// error, not a crash.
+pub fn check_stark(proof: TileProof) -> Result<(), VerifyError> {
     let TileProof { proof: stark, .. } = proof;
-    // verify_cairo asserts on malformed claims; hostile bytes must give an error, not a crash.
     catch_unwind(AssertUnwindSafe(|| {
         verify_cairo::<Blake2sMerkleChannel>(stark)
     }))
     .map_err(|panic| VerifyError::Invalid(panic_message(&panic)))?
-    .map_err(|e| VerifyError::Invalid(e.to_string()))?;
-
-    Ok(VerifiedTile {
-        profile,
-        fact: encoding::fact(&program_hash, &words),
-        program_hash,
-        output,
-    })
+    .map_err(|e| VerifyError::Invalid(e.to_string()))
 }
 
 impl VerifiedTile {
@@ -163,12 +178,7 @@ impl VerifiedTile {
 /// Checks only the STARK of a proof, pinning nothing (not the program, root or parameters).
 /// For benchmarking programs other than the kernel; never use it to accept a result.
 pub fn verify_stark_only(bytes: &[u8]) -> Result<(), VerifyError> {
-    let TileProof { proof, .. } = TileProof::from_bytes(bytes)?;
-    catch_unwind(AssertUnwindSafe(|| {
-        verify_cairo::<Blake2sMerkleChannel>(proof)
-    }))
-    .map_err(|panic| VerifyError::Invalid(panic_message(&panic)))?
-    .map_err(|e| VerifyError::Invalid(e.to_string()))
+    check_stark(TileProof::from_bytes(bytes)?)
 }
 
 /// Times `verify_tile` (decode included), for benchmarks.

@@ -210,7 +210,7 @@ fn proof_of_another_program_is_refused() {
     let bytes = prover(Profile::Test).prove(run.input).unwrap().0.to_bytes();
     assert_eq!(bytes[6], 0, "a foreign program travels inline");
     let err = verify_tile(&bytes, true).unwrap_err();
-    assert!(matches!(err, VerifyError::WrongProgram { .. }), "{err}");
+    assert!(matches!(err, VerifyError::UnknownProgram(_)), "{err}");
 }
 
 #[test]

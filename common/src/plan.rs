@@ -96,6 +96,72 @@ impl TilePlan {
     }
 }
 
+/// Children per reduce node by default: a job of up to this many tiles is reduced by one proof.
+pub const DEFAULT_FAN_IN: usize = 32;
+
+/// One node of a job's reduce tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// Task index within the job: tiles come first, so the k-th node is task `tiles + k`.
+    pub task: usize,
+    /// The root states the whole job; inner nodes state a range of row blocks.
+    pub root: bool,
+    /// Task indices of the children, in order: map tiles row-major over whole row blocks, or
+    /// nodes top to bottom.
+    pub children: Vec<usize>,
+    pub row0: usize,
+    pub rows: usize,
+    /// Row blocks covered.
+    pub blocks: usize,
+}
+
+impl TilePlan {
+    /// The reduce tree over this plan's tiles, root last. A level-one node takes whole row
+    /// blocks of tiles, as many as fit in `fan_in` (at least one block); higher nodes take up to
+    /// `fan_in` nodes. A job whose tiles fit in `fan_in` is reduced by the root alone.
+    pub fn reduce_tree(&self, fan_in: usize) -> Vec<NodeSpec> {
+        let fan_in = fan_in.max(2);
+        let (row_blocks, col_blocks) = (self.row_blocks(), self.col_blocks());
+        let blocks_per_node = (fan_in / col_blocks).max(1);
+        let mut nodes: Vec<NodeSpec> = Vec::new();
+        let mut level: Vec<usize> = Vec::new();
+        for first in (0..row_blocks).step_by(blocks_per_node) {
+            let last = (first + blocks_per_node).min(row_blocks);
+            let row0 = first * self.tile_rows;
+            nodes.push(NodeSpec {
+                task: self.len() + nodes.len(),
+                root: false,
+                children: (first * col_blocks..last * col_blocks).collect(),
+                row0,
+                rows: (last * self.tile_rows).min(self.rows) - row0,
+                blocks: last - first,
+            });
+            level.push(nodes.len() - 1);
+        }
+        while level.len() > 1 {
+            let mut next = Vec::new();
+            for group in level.chunks(fan_in) {
+                let members: Vec<&NodeSpec> = group.iter().map(|&i| &nodes[i]).collect();
+                let node = NodeSpec {
+                    task: self.len() + nodes.len(),
+                    root: false,
+                    children: members.iter().map(|n| n.task).collect(),
+                    row0: members[0].row0,
+                    rows: members.iter().map(|n| n.rows).sum(),
+                    blocks: members.iter().map(|n| n.blocks).sum(),
+                };
+                nodes.push(node);
+                next.push(nodes.len() - 1);
+            }
+            level = next;
+        }
+        if let Some(root) = nodes.last_mut() {
+            root.root = true;
+        }
+        nodes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +185,47 @@ mod tests {
                 }
             }
             assert!(seen.iter().all(|&n| n == 1), "{rows}x{cols}");
+        }
+    }
+
+    #[test]
+    fn reduce_trees_cover_every_tile_once_and_end_in_the_root() {
+        for (rows, cols, tile_rows, fan_in, expected_nodes) in [
+            (1000, 3000, 254, 32, 1), // 12 tiles: the root alone
+            (1000, 3000, 254, 4, 5),  // one row block (3 tiles) per node, then the root
+            (100, 1024, 2, 16, 5),    // 50 tiles: 4 nodes + root
+            (7, 2049, 2, 2, 7),       // 3 columns > fan-in: a block per node, two more levels
+            (254, 1024, 254, 32, 1),  // one tile
+        ] {
+            let plan = TilePlan::new(rows, cols, tile_rows);
+            let tree = plan.reduce_tree(fan_in);
+            assert_eq!(
+                tree.len(),
+                expected_nodes,
+                "{rows}x{cols}/{tile_rows} fan-in {fan_in}"
+            );
+            let root = tree.last().unwrap();
+            assert!(root.root && tree.iter().filter(|n| n.root).count() == 1);
+            assert_eq!(
+                (root.row0, root.rows, root.blocks),
+                (0, rows, plan.row_blocks())
+            );
+            let mut parents = vec![0; plan.len() + tree.len()];
+            for node in &tree {
+                assert_eq!(
+                    node.task,
+                    plan.len() + tree.iter().position(|n| n == node).unwrap()
+                );
+                for &child in &node.children {
+                    assert!(child < node.task, "children come before their parent");
+                    parents[child] += 1;
+                }
+            }
+            parents.pop();
+            assert!(
+                parents.iter().all(|&p| p == 1),
+                "every task but the root has one parent"
+            );
         }
     }
 
