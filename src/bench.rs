@@ -192,7 +192,12 @@ struct FleetReport {
     wall_s: f64,
     /// Sum over tiles of run + prove (worker) + verify (coordinator).
     tile_s: f64,
-    /// wall_s / tile_s: what orchestration costs on top of the work itself.
+    /// Reduce nodes (root included) and the same sum over them.
+    nodes: usize,
+    reduce_s: f64,
+    /// reduce_s / tile_s: what the certificate's reduce tree adds to the proving.
+    reduce_share: f64,
+    /// wall_s / (tile_s + reduce_s): what orchestration costs on top of the work itself.
     overhead: f64,
     macs_per_s: f64,
     first_task_peak_rss_bytes: u64,
@@ -319,7 +324,7 @@ pub async fn fleet(args: FleetArgs) -> Result<()> {
     let (wall_s, result) = outcome?;
 
     let peaks: Vec<u64> = result
-        .tile_timings
+        .task_timings
         .iter()
         .map(|t| t.peak_rss_bytes)
         .collect();
@@ -333,7 +338,10 @@ pub async fn fleet(args: FleetArgs) -> Result<()> {
         profile: profile.name(),
         wall_s,
         tile_s: result.tile_s,
-        overhead: wall_s / result.tile_s,
+        nodes: result.nodes,
+        reduce_s: result.reduce_s,
+        reduce_share: result.reduce_s / result.tile_s,
+        overhead: wall_s / (result.tile_s + result.reduce_s),
         macs_per_s: (args.rows * args.cols) as f64 / wall_s,
         first_task_peak_rss_bytes: first,
         max_task_peak_rss_bytes: max,
@@ -346,10 +354,13 @@ pub async fn fleet(args: FleetArgs) -> Result<()> {
     println!("{}", serde_json::to_string(&report)?);
     if !args.json {
         eprintln!(
-            "{} tiles: wall {:.1}s vs {:.1}s of tile work = {:.3}x; {:.0} MAC/s; task peaks {:.2}-{:.2} GB",
+            "{} tiles + {} reduce nodes: wall {:.1}s vs {:.1}s of tile work + {:.1}s of reduce work (reduce adds {:.1}%) = {:.3}x; {:.0} MAC/s; task peaks {:.2}-{:.2} GB",
             report.tiles,
+            report.nodes,
             report.wall_s,
             report.tile_s,
+            report.reduce_s,
+            100.0 * report.reduce_share,
             report.overhead,
             report.macs_per_s,
             first as f64 / 1e9,
@@ -438,16 +449,16 @@ pub async fn plan(args: PlanArgs) -> Result<()> {
     let (progress, queued) = outcome?;
     let plan_s = progress.plan_s.unwrap_or_default();
     let report = serde_json::json!({
-        "tiles": progress.tiles,
+        "tasks": progress.tasks,
         "tasks_queued": queued,
         "plan_s": plan_s,
-        "tasks_per_s": progress.tiles as f64 / plan_s,
+        "tasks_per_s": queued as f64 / plan_s,
     });
     println!("{report}");
     if !args.json {
         eprintln!(
-            "planned and published {} tasks in {:.3}s ({} queued)",
-            progress.tiles, plan_s, queued
+            "planned and published {} tile tasks in {:.3}s ({} tasks with the reduce nodes)",
+            queued, plan_s, progress.tasks
         );
     }
     Ok(())

@@ -6,8 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use starkscale_cairo::certificate::{verify_certificate, Expectations};
+use starkscale_cairo::encoding::{Digest, MAX_TILE_ROWS};
 use starkscale_cairo::run::DEFAULT_MAX_STEPS;
-use starkscale_cairo::{run_map, verify_tile, Profile, Prover, TileInput};
+use starkscale_cairo::tree::commit_matrix;
+use starkscale_cairo::{run_map, verify_tile, Profile, Prover, TileInput, TILE_COLS};
 use starkscale_common::{Dtype, Matrix, Vector};
 
 use crate::{bench, client};
@@ -29,6 +32,10 @@ enum Command {
     ProveTile(ProveTileArgs),
     /// Verify a tile proof; with --a/--x also check that it commits to those inputs.
     VerifyTile(VerifyTileArgs),
+    /// Print the commitment of a matrix cut into tiles, to check certificates against.
+    Commit(CommitArgs),
+    /// Verify a job certificate; with --commitment/--x also check it is of that matrix and x.
+    Verify(VerifyArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -96,6 +103,57 @@ struct VerifyTileArgs {
     json: bool,
 }
 
+#[derive(Args, Debug)]
+struct CommitArgs {
+    /// The matrix: JSON array of rows, or a 2-D NumPy .npy file.
+    a: PathBuf,
+    /// Tile shape ROWSxCOLS the certificate's jobs use (COLS at most 1024).
+    #[arg(long, default_value = "254x1024", value_parser = parse_tile_shape)]
+    tile: (usize, usize),
+    #[arg(long, default_value = "i8")]
+    dtype: String,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// The certificate file (`starkscale run --out`, `starkscale result --out`).
+    certificate: PathBuf,
+    /// The published commitment of A (`starkscale commit`) the certificate must be of.
+    #[arg(long)]
+    commitment: Option<String>,
+    /// The input vector (JSON or .npy) the certificate must be of.
+    #[arg(long)]
+    x: Option<PathBuf>,
+    #[arg(long, default_value = "i8")]
+    dtype: String,
+    /// Accept proofs made at the low-security test profile.
+    #[arg(long)]
+    allow_test_profile: bool,
+    /// Print the verified statement as JSON (y included).
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_tile_shape(text: &str) -> Result<(usize, usize), String> {
+    let (r, c) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("'{text}' is not ROWSxCOLS"))?;
+    let (r, c): (usize, usize) = (
+        r.trim()
+            .parse()
+            .map_err(|_| format!("bad tile rows '{r}'"))?,
+        c.trim()
+            .parse()
+            .map_err(|_| format!("bad tile columns '{c}'"))?,
+    );
+    if r == 0 || c == 0 || c > TILE_COLS || r > MAX_TILE_ROWS {
+        return Err(format!(
+            "tile shape {r}x{c} is outside 1..={MAX_TILE_ROWS} rows and 1..={TILE_COLS} columns"
+        ));
+    }
+    Ok((r, c))
+}
+
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// Prove random tiles and report throughput, memory and proof size.
@@ -113,6 +171,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::ProveTile(args) => prove_tile(args),
         Command::VerifyTile(args) => verify_tile_cmd(args),
+        Command::Commit(args) => commit(args),
+        Command::Verify(args) => verify(args),
         Command::Bench(BenchCommand::Kernel(args)) => bench::kernel(args),
         Command::Bench(BenchCommand::Fleet(args)) => serve(|_| bench::fleet(args)),
         Command::Bench(BenchCommand::Plan(args)) => serve(|_| bench::plan(args)),
@@ -260,6 +320,89 @@ fn verify_tile_cmd(args: VerifyTileArgs) -> Result<()> {
             }
         );
         println!("y = {:?}", out.y);
+    }
+    Ok(())
+}
+
+fn commit(args: CommitArgs) -> Result<()> {
+    let dtype = Dtype::parse(&args.dtype)?;
+    let a = Matrix::load(&args.a, dtype)
+        .with_context(|| format!("loading A from {}", args.a.display()))?;
+    let (tile_rows, tile_cols) = args.tile;
+    println!("{}", commit_matrix(&a, tile_rows, tile_cols));
+    eprintln!(
+        "commitment of the {}x{} matrix in {tile_rows}x{tile_cols} tiles",
+        a.rows(),
+        a.cols()
+    );
+    Ok(())
+}
+
+fn verify(args: VerifyArgs) -> Result<()> {
+    let bytes = std::fs::read(&args.certificate)
+        .with_context(|| format!("reading {}", args.certificate.display()))?;
+    let commitment = args
+        .commitment
+        .as_deref()
+        .map(|hex| Digest::from_hex(hex).with_context(|| format!("'{hex}' is not a commitment")))
+        .transpose()?;
+    let x = args
+        .x
+        .as_deref()
+        .map(|p| {
+            Vector::load(p, Dtype::parse(&args.dtype)?)
+                .with_context(|| format!("loading x from {}", p.display()))
+        })
+        .transpose()?;
+    let expect = Expectations {
+        a_commitment: commitment,
+        x: x.as_ref(),
+        allow_test: args.allow_test_profile,
+    };
+    let verified = verify_certificate(&bytes, &expect)?;
+    if args.json {
+        let json = serde_json::json!({
+            "profile": verified.profile.name(),
+            "rows": verified.rows, "cols": verified.cols,
+            "tile_rows": verified.tile_rows, "tile_cols": verified.tile_cols,
+            "a_commitment": verified.a_commitment.to_hex(),
+            "x_commitment": verified.x_commitment.to_hex(),
+            "tiles": verified.tiles, "nodes": verified.nodes,
+            "checked": { "commitment": commitment.is_some(), "x": x.is_some() },
+            "verify_s": verified.verify_s,
+            "y": verified.y,
+        });
+        println!("{json}");
+    } else {
+        println!(
+            "OK: y = A x for a {}x{} A ({} tiles of {}x{}, {} reduce proofs), {} profile, verified in {:.0} ms",
+            verified.rows,
+            verified.cols,
+            verified.tiles,
+            verified.tile_rows,
+            verified.tile_cols,
+            verified.nodes,
+            verified.profile,
+            verified.verify_s * 1e3
+        );
+        println!(
+            "A commitment {}{}",
+            verified.a_commitment,
+            if commitment.is_some() {
+                " (matches the given one)"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "x commitment {}{}",
+            verified.x_commitment,
+            if x.is_some() {
+                " (matches the given x)"
+            } else {
+                ""
+            }
+        );
     }
     Ok(())
 }

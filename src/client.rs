@@ -211,7 +211,7 @@ async fn wait_for_result<S: Store>(
                     bail!("timed out waiting for the result of {job_id}");
                 }
                 if let Some(progress) = read_progress(store, keys, job_id).await? {
-                    bar.set_length(progress.tiles as u64);
+                    bar.set_length(progress.tasks as u64);
                     bar.set_position(progress.proven as u64);
                 }
             }
@@ -310,8 +310,8 @@ pub async fn status(args: JobIdArgs) -> Result<()> {
     };
     println!("{}", serde_json::to_string(&progress)?);
     eprintln!(
-        "{}: {:?}, {}/{} tiles proven, {} retries",
-        progress.job_id, progress.status, progress.proven, progress.tiles, progress.retries
+        "{}: {:?}, {}/{} tasks proven (tiles and reduce nodes), {} retries",
+        progress.job_id, progress.status, progress.proven, progress.tasks, progress.retries
     );
     Ok(())
 }

@@ -353,8 +353,8 @@ async fn duplicate_submissions_and_deliveries_change_nothing() {
     assert_eq!(result.job_id, "dup");
     assert_eq!(result.status, JobStatus::Succeeded);
     assert_eq!(result.y, Some(native));
-    assert_eq!(result.tile_timings.len(), 2);
-    assert!(result.tile_timings.iter().all(|t| t.attempt == 1));
+    assert_eq!(result.task_timings.len(), 2);
+    assert!(result.task_timings.iter().all(|t| t.attempt == 1));
     // The duplicate task is proven and reported too, and ignored: no second result.
     let started = Instant::now();
     while fleet.client.depth(&fleet.topology.tasks()).await.unwrap().0 > 0
@@ -404,13 +404,13 @@ async fn forged_proofs_are_caught_and_the_job_still_completes() {
         let task: TaskMsg = serde_json::from_slice(&delivery.body).unwrap();
         let blob = fleet
             .store
-            .get(&fleet.keys.tile_input("forged", task.tile.index))
+            .get(&fleet.keys.task_input("forged", task.task))
             .await
             .unwrap()
             .unwrap();
         let blob = TileInputBlob::from_bytes(&blob).unwrap();
         let mut a = blob.a.clone();
-        if task.tile.index == 0 {
+        if task.task == 0 {
             let other: Vec<i64> = a.data().iter().map(|v| (v + 1).min(127)).collect();
             a = Matrix::new(a.rows(), a.cols(), Dtype::I8, other).unwrap();
         }
@@ -419,14 +419,14 @@ async fn forged_proofs_are_caught_and_the_job_still_completes() {
             .prove(run_map(&tile, 1 << 22).unwrap().input)
             .unwrap();
         let mut bytes = proof.to_bytes();
-        if task.tile.index == 1 {
+        if task.task == 1 {
             let middle = bytes.len() / 2;
             bytes[middle] ^= 0x10;
         }
         fleet
             .store
             .put(
-                &fleet.keys.proof("forged", task.tile.index, 1),
+                &fleet.keys.proof("forged", task.task, 1),
                 &bytes,
                 Duration::from_secs(600),
             )
@@ -434,7 +434,7 @@ async fn forged_proofs_are_caught_and_the_job_still_completes() {
             .unwrap();
         let event = TaskEvent {
             job_id: "forged".into(),
-            tile_index: task.tile.index,
+            task: task.task,
             attempt: 1,
             worker: "rogue".into(),
             outcome: TaskOutcome::Proven {
@@ -459,7 +459,7 @@ async fn forged_proofs_are_caught_and_the_job_still_completes() {
     let result = next_result(&mut results).await;
     assert_eq!(result.status, JobStatus::Succeeded, "{:?}", result.error);
     assert_eq!(result.y, Some(native));
-    for timing in &result.tile_timings {
+    for timing in &result.task_timings {
         assert_eq!((timing.attempt, timing.worker.as_str()), (2, "honest"));
     }
     assert_eq!(fleet.progress("forged").await.unwrap().retries, 2);

@@ -28,7 +28,8 @@ pub use encoding::{Digest, Fact, MapOutput, TileInput, TILE_COLS};
 pub use proof::TileProof;
 pub use prove::{Profile, Prover};
 pub use run::{run_map, MapRun, RunStats};
-pub use verify::{verify_tile, VerifiedTile, VerifyError};
+pub use stwo_cairo_adapter::ProverInput;
+pub use verify::{verify_proof, verify_tile, VerifiedProof, VerifiedTile, VerifyError};
 
 /// Errors from running or proving the kernel.
 #[derive(Debug, thiserror::Error)]

@@ -127,6 +127,23 @@ impl TileProof {
             .collect()
     }
 
+    /// Rewrites one public-output cell of an encoded proof and re-encodes it; the STARK no longer
+    /// holds. Only for tests that show what verifiers say about a forged statement.
+    #[doc(hidden)]
+    pub fn forge_output_word(
+        bytes: &[u8],
+        index: usize,
+        word: u32,
+    ) -> Result<Vec<u8>, VerifyError> {
+        let mut proof = TileProof::from_bytes(bytes)?;
+        let output = &mut proof.proof.claim.public_data.public_memory.output;
+        let cell = output
+            .get_mut(index)
+            .ok_or_else(|| VerifyError::MalformedOutput(format!("no output cell {index}")))?;
+        cell.1 = [word, 0, 0, 0, 0, 0, 0, 0];
+        Ok(proof.to_bytes())
+    }
+
     /// Hash of the bytecode in the proof's public memory.
     pub(crate) fn program_hash(&self) -> Digest {
         Digest(cairo_air::utils::encode_and_hash_memory_section(

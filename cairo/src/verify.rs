@@ -91,6 +91,31 @@ pub fn verify_tile_proof(proof: TileProof, allow_test: bool) -> Result<VerifiedT
     })
 }
 
+/// What a verified proof of any pinned program establishes.
+#[derive(Debug, Clone)]
+pub struct VerifiedProof {
+    pub profile: Profile,
+    pub program: Pinned,
+    /// The public output words.
+    pub output: Vec<u32>,
+    pub fact: Fact,
+}
+
+/// Decodes and verifies a proof of any [`Pinned`] program (the caller checks which).
+pub fn verify_proof(bytes: &[u8], allow_test: bool) -> Result<VerifiedProof, VerifyError> {
+    let proof = TileProof::from_bytes(bytes)?;
+    let program = check_pinned(&proof, allow_test)?;
+    let output = proof.output_words()?;
+    let profile = proof.profile;
+    check_stark(proof)?;
+    Ok(VerifiedProof {
+        profile,
+        program,
+        fact: encoding::fact(&program.hash(), &output),
+        output,
+    })
+}
+
 /// Everything about a proof except its STARK: the profile is accepted, the parameters are the
 /// profile's, the preprocessed variant and root are the pinned ones, and the program is one of
 /// the [`Pinned`] programs, which is returned.

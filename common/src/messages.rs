@@ -6,17 +6,37 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::TileSpec;
 use crate::tensor::{Dtype, Matrix, TensorError, Vector};
 
-/// A tile to prove. Published to the tasks queue.
+/// A task to prove: a map tile, or a reduce node of the job's tree. Published to the tasks queue;
+/// its input is at [`Keys::task_input`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskMsg {
     pub job_id: String,
-    pub tile: TileSpec,
-    /// 1 for the first attempt; the coordinator bumps it when it sends a tile back.
+    /// Index within the job: tiles row-major, then reduce nodes, the root last.
+    pub task: usize,
+    pub kind: TaskKind,
+    /// 1 for the first attempt; the coordinator bumps it when it sends a task back.
     pub attempt: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Run and prove the map kernel on a tile ([`TileInputBlob`]).
+    Map,
+    /// Run and prove a reduce program on a node's children (a reduce input).
+    Reduce,
+}
+
+impl TaskKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Map => "map",
+            TaskKind::Reduce => "reduce",
+        }
+    }
 }
 
 /// What happened to a task. Published to the events queue.
@@ -24,7 +44,7 @@ pub struct TaskMsg {
 #[serde(deny_unknown_fields)]
 pub struct TaskEvent {
     pub job_id: String,
-    pub tile_index: usize,
+    pub task: usize,
     pub attempt: u32,
     pub worker: String,
     pub outcome: TaskOutcome,
@@ -43,7 +63,7 @@ pub enum TaskOutcome {
         #[serde(default)]
         peak_rss_bytes: u64,
     },
-    /// The tile cannot be proven. `permanent` failures (bad input, step limit) are not retried.
+    /// The task cannot be proven. `permanent` failures (bad input, step limit) are not retried.
     Failed { reason: String, permanent: bool },
 }
 
@@ -59,24 +79,31 @@ pub struct JobResult {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub y: Option<Vec<i64>>,
-    /// Redis key of the certificate (the verified tile proofs).
+    /// Redis key of the job certificate (`docs/certificate.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_key: Option<String>,
+    /// Map tiles and reduce nodes of the job.
     pub tiles: usize,
+    #[serde(default)]
+    pub nodes: usize,
     /// Seconds from accepting the job to its result.
     pub wall_s: f64,
     /// Sum over accepted tiles of their run + prove seconds, and of the coordinator's verify time.
     pub tile_s: f64,
-    /// Per accepted tile: who proved it, how long it took, and the worker's peak memory.
+    /// The same over the reduce nodes.
+    #[serde(default)]
+    pub reduce_s: f64,
+    /// Per accepted task: who proved it, how long it took, and the worker's peak memory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tile_timings: Vec<TileTiming>,
+    pub task_timings: Vec<TaskTiming>,
 }
 
-/// How one tile was proven.
+/// How one task was proven.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TileTiming {
-    pub tile: usize,
+pub struct TaskTiming {
+    pub task: usize,
+    pub kind: TaskKind,
     pub attempt: u32,
     pub worker: String,
     /// Run + prove seconds reported by the worker, plus the coordinator's verify time.
@@ -87,7 +114,7 @@ pub struct TileTiming {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
-    /// Planned; tiles are being proven.
+    /// Planned; tasks are being proven.
     Running,
     Succeeded,
     Failed,
@@ -107,8 +134,9 @@ impl JobStatus {
 pub struct JobProgress {
     pub job_id: String,
     pub status: JobStatus,
-    pub tiles: usize,
-    /// Tiles whose proof the coordinator has verified and accepted.
+    /// Map tiles plus reduce nodes.
+    pub tasks: usize,
+    /// Tasks whose proof the coordinator has verified and accepted.
     pub proven: usize,
     /// Attempts sent back (failed or rejected proofs).
     pub retries: usize,
@@ -134,17 +162,19 @@ pub struct JobRecord {
     pub a_digests: Vec<String>,
     /// Blake2s digest (hex) of each column block of x.
     pub x_digests: Vec<String>,
+    /// Children per reduce node (the tree is recomputed from it).
+    pub fan_in: usize,
 }
 
-/// One tile's state, a field of the hash at [`Keys::tiles`] (field = tile index).
+/// One task's state, a field of the hash at [`Keys::tasks`] (field = task index).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TileRecord {
+pub struct TaskRecord {
     /// The attempt whose event the coordinator waits for (or accepted).
     pub attempt: u32,
-    /// The tile's partial y, once its proof is accepted.
+    /// The public output of the accepted proof (what its parent consumes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub y: Option<Vec<i64>>,
+    pub output: Option<Vec<u32>>,
     /// Run + prove seconds reported for the accepted attempt, plus the coordinator's verify time.
     #[serde(default)]
     pub seconds: f64,
@@ -155,12 +185,12 @@ pub struct TileRecord {
     pub peak_rss_bytes: u64,
 }
 
-impl Default for TileRecord {
-    /// A tile waiting for its first attempt.
-    fn default() -> TileRecord {
-        TileRecord {
+impl Default for TaskRecord {
+    /// A task waiting for its first attempt.
+    fn default() -> TaskRecord {
+        TaskRecord {
             attempt: 1,
-            y: None,
+            output: None,
             seconds: 0.0,
             worker: String::new(),
             peak_rss_bytes: 0,
@@ -195,17 +225,17 @@ impl Keys {
     pub fn progress(&self, job_id: &str) -> String {
         format!("{}:job:{job_id}:progress", self.prefix)
     }
-    /// Hash of [`TileRecord`]s by tile index.
-    pub fn tiles(&self, job_id: &str) -> String {
-        format!("{}:job:{job_id}:tiles", self.prefix)
+    /// Hash of [`TaskRecord`]s by task index.
+    pub fn tasks(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}:tasks", self.prefix)
     }
-    /// The inputs of one tile ([`TileInputBlob`]): all a worker reads.
-    pub fn tile_input(&self, job_id: &str, tile: usize) -> String {
-        format!("{}:job:{job_id}:tile:{tile}:input", self.prefix)
+    /// The inputs of one task ([`TileInputBlob`] or a reduce input): all a worker reads.
+    pub fn task_input(&self, job_id: &str, task: usize) -> String {
+        format!("{}:job:{job_id}:task:{task}:input", self.prefix)
     }
-    /// The proof of one attempt at one tile.
-    pub fn proof(&self, job_id: &str, tile: usize, attempt: u32) -> String {
-        format!("{}:job:{job_id}:tile:{tile}:proof:{attempt}", self.prefix)
+    /// The proof of one attempt at one task.
+    pub fn proof(&self, job_id: &str, task: usize, attempt: u32) -> String {
+        format!("{}:job:{job_id}:task:{task}:proof:{attempt}", self.prefix)
     }
     /// The job's [`JobResult`], as JSON.
     pub fn result(&self, job_id: &str) -> String {
@@ -219,13 +249,13 @@ impl Keys {
     pub fn upload(&self, digest_hex: &str) -> String {
         format!("{}:input:{digest_hex}", self.prefix)
     }
-    /// Every key a job of `tiles` tiles and up to `max_attempts` attempts holds while it runs
+    /// Every key a job of `tasks` tasks and up to `max_attempts` attempts holds while it runs
     /// (not its progress, result and certificate, which outlive it).
-    pub fn working_set(&self, job_id: &str, tiles: usize, max_attempts: u32) -> Vec<String> {
-        let mut keys = vec![self.plan(job_id), self.tiles(job_id)];
-        for tile in 0..tiles {
-            keys.push(self.tile_input(job_id, tile));
-            keys.extend((1..=max_attempts).map(|a| self.proof(job_id, tile, a)));
+    pub fn working_set(&self, job_id: &str, tasks: usize, max_attempts: u32) -> Vec<String> {
+        let mut keys = vec![self.plan(job_id), self.tasks(job_id)];
+        for task in 0..tasks {
+            keys.push(self.task_input(job_id, task));
+            keys.extend((1..=max_attempts).map(|a| self.proof(job_id, task, a)));
         }
         keys
     }
@@ -298,7 +328,7 @@ mod tests {
 
     #[test]
     fn task_messages_reject_unknown_fields() {
-        let json = r#"{"job_id":"j","tile":{"index":0,"row_block":0,"col_block":0,"row0":0,"col0":0,"rows":1,"cols":1},"attempt":1,"extra":0}"#;
+        let json = r#"{"job_id":"j","task":3,"kind":"reduce","attempt":1,"extra":0}"#;
         assert!(serde_json::from_str::<TaskMsg>(json).is_err());
         assert!(serde_json::from_str::<TaskMsg>(&json.replace(r#","extra":0"#, "")).is_ok());
     }

@@ -27,15 +27,21 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use starkscale_cairo::encoding::{a_digest, x_digest};
-use starkscale_cairo::verify_tile;
+use starkscale_cairo::certificate::Certificate;
+use starkscale_cairo::encoding::{a_digest, x_digest, Digest, Fact};
+use starkscale_cairo::program::Pinned;
+use starkscale_cairo::tree::{
+    a_commitment, merkle_root, tile_leaf, x_commitment, Child, NodeOutput, ReduceInput, RootOutput,
+};
+use starkscale_cairo::{verify_proof, verify_tile};
 use starkscale_common::broker::{Broker, BrokerError, Delivery, Headers};
 use starkscale_common::config::FleetConfig;
 use starkscale_common::job::{check_shapes, JobError, Request};
 use starkscale_common::messages::{
-    unix_ms, JobProgress, JobRecord, JobResult, JobStatus, Keys, TaskEvent, TaskMsg, TaskOutcome,
-    TileInputBlob, TileRecord, TileTiming,
+    unix_ms, JobProgress, JobRecord, JobResult, JobStatus, Keys, TaskEvent, TaskKind, TaskMsg,
+    TaskOutcome, TaskRecord, TaskTiming, TileInputBlob,
 };
+use starkscale_common::plan::{NodeSpec, DEFAULT_FAN_IN};
 use starkscale_common::store::{Store, StoreError};
 use starkscale_common::{JobLimits, JobSpec, TilePlan};
 use tokio_util::sync::CancellationToken;
@@ -58,6 +64,9 @@ pub struct CoordinatorConfig {
     /// Largest job message, in bytes.
     #[arg(long, env = "STARKSCALE_MAX_JOB_BYTES", default_value_t = 64 << 20)]
     pub max_job_bytes: usize,
+    /// Children per reduce node: a job of up to this many tiles is reduced by one proof.
+    #[arg(long, env = "STARKSCALE_FAN_IN", default_value_t = DEFAULT_FAN_IN)]
+    pub fan_in: usize,
 }
 
 impl CoordinatorConfig {
@@ -69,6 +78,7 @@ impl CoordinatorConfig {
             job_ttl_s: 24 * 3600,
             allow_test_profile: false,
             max_job_bytes: 64 << 20,
+            fan_in: DEFAULT_FAN_IN,
         }
     }
 }
@@ -130,19 +140,126 @@ pub async fn serve<B: Broker, S: Store>(
     }
 }
 
-/// A job being proven: its record, and the state of each tile.
+/// A job being proven: its record, its reduce tree, and the state of each task.
 struct Job {
     record: JobRecord,
     plan: TilePlan,
-    tiles: Vec<TileRecord>,
+    /// Reduce nodes; node k is task `plan.len() + k`, the root last.
+    tree: Vec<NodeSpec>,
+    /// Each task's parent node (task index); `None` for the root.
+    parents: Vec<Option<usize>>,
+    tasks: Vec<TaskRecord>,
     retries: usize,
     /// Seconds from receiving the job to its tasks published, when this process planned it.
     plan_s: Option<f64>,
 }
 
 impl Job {
+    fn new(record: JobRecord) -> Job {
+        let plan = TilePlan::new(record.rows, record.cols, record.tile_rows);
+        let tree = plan.reduce_tree(record.fan_in);
+        let total = plan.len() + tree.len();
+        let mut parents = vec![None; total];
+        for node in &tree {
+            for &child in &node.children {
+                parents[child] = Some(node.task);
+            }
+        }
+        Job {
+            tasks: vec![TaskRecord::default(); total],
+            record,
+            plan,
+            tree,
+            parents,
+            retries: 0,
+            plan_s: None,
+        }
+    }
+
     fn proven(&self) -> usize {
-        self.tiles.iter().filter(|t| t.y.is_some()).count()
+        self.tasks.iter().filter(|t| t.output.is_some()).count()
+    }
+
+    fn node(&self, task: usize) -> Option<&NodeSpec> {
+        task.checked_sub(self.plan.len())
+            .and_then(|k| self.tree.get(k))
+    }
+
+    fn kind(&self, task: usize) -> TaskKind {
+        if task < self.plan.len() {
+            TaskKind::Map
+        } else {
+            TaskKind::Reduce
+        }
+    }
+
+    /// A map task is always ready; a node once all its children are accepted.
+    fn ready(&self, task: usize) -> bool {
+        self.node(task).is_none_or(|node| {
+            node.children
+                .iter()
+                .all(|&c| self.tasks[c].output.is_some())
+        })
+    }
+
+    /// The accepted child `task` as its parent's program consumes it.
+    fn child(&self, task: usize) -> Option<Child> {
+        let program = if task < self.plan.len() {
+            Pinned::Map
+        } else {
+            Pinned::Reduce
+        };
+        Some(Child {
+            program_hash: program.hash(),
+            output: self.tasks.get(task)?.output.clone()?,
+        })
+    }
+
+    fn reduce_input(&self, node: &NodeSpec) -> Option<ReduceInput> {
+        let children = node
+            .children
+            .iter()
+            .map(|&c| self.child(c))
+            .collect::<Option<Vec<_>>>()?;
+        Some(ReduceInput::for_node(&self.plan, node, children))
+    }
+
+    /// The A commitment of the planned tiles' digests: what the root must prove.
+    fn expected_a_commitment(&self) -> Option<Digest> {
+        let col_blocks = self.plan.col_blocks();
+        let mut row_roots = Vec::with_capacity(self.plan.row_blocks());
+        let mut leaves = Vec::with_capacity(col_blocks);
+        for tile in self.plan.tiles() {
+            let digest = Digest::from_hex(self.record.a_digests.get(tile.index)?)?;
+            leaves.push(tile_leaf(
+                tile.row0 as u32,
+                tile.col0 as u32,
+                tile.rows as u32,
+                tile.cols as u32,
+                &digest,
+            ));
+            if leaves.len() == col_blocks {
+                row_roots.push(merkle_root(&leaves));
+                leaves.clear();
+            }
+        }
+        Some(a_commitment(
+            self.plan.rows as u32,
+            self.plan.cols as u32,
+            self.plan.tile_rows as u32,
+            self.plan.tile_cols as u32,
+            &row_roots,
+        ))
+    }
+
+    fn expected_x_commitment(&self) -> Option<Digest> {
+        let digests = self
+            .record
+            .x_digests
+            .iter()
+            .map(|h| Digest::from_hex(h))
+            .collect::<Option<Vec<_>>>()?;
+        Some(x_commitment(&digests))
     }
 }
 
@@ -204,7 +321,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         let progress = JobProgress {
             job_id: job_id.clone(),
             status: JobStatus::Running,
-            tiles: 0,
+            tasks: 0,
             proven: 0,
             retries: 0,
             started_unix_ms: unix_ms(),
@@ -279,7 +396,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 x: x_blocks[tile.col_block].clone(),
             };
             a_digests.push(a_digest(&blob.a).to_hex());
-            inputs.push((self.keys.tile_input(job_id, tile.index), blob.to_bytes()));
+            inputs.push((self.keys.task_input(job_id, tile.index), blob.to_bytes()));
         }
         let record = JobRecord {
             job_id: job_id.to_string(),
@@ -290,6 +407,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             started_unix_ms: unix_ms(),
             a_digests,
             x_digests: x_blocks.iter().map(|b| x_digest(b).to_hex()).collect(),
+            fan_in: self.config.fan_in,
         };
         drop((a, x));
         let ttl = self.ttl();
@@ -297,17 +415,11 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         self.store
             .put(&self.keys.plan(job_id), &to_json(&record), ttl)
             .await?;
-        let mut job = Job {
-            tiles: vec![TileRecord::default(); plan.len()],
-            record,
-            plan,
-            retries: 0,
-            plan_s: None,
-        };
-        self.publish_tasks(job_id, &job).await?;
+        let mut job = Job::new(record);
+        self.publish_ready(job_id, &job).await?;
         job.plan_s = Some(received.elapsed().as_secs_f64());
         self.save_progress(job_id, &job, JobStatus::Running).await?;
-        info!(job = %job_id, tiles = job.plan.len(), rows = job.plan.rows, cols = job.plan.cols, "job planned");
+        info!(job = %job_id, tiles = job.plan.len(), nodes = job.tree.len(), rows = job.plan.rows, cols = job.plan.cols, "job planned");
         self.jobs.insert(job_id.to_string(), job);
         Ok(())
     }
@@ -328,24 +440,39 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         }
     }
 
-    /// Publishes the current attempt of every tile not yet accepted.
-    async fn publish_tasks(&self, job_id: &str, job: &Job) -> Result<(), BrokerError> {
-        let bodies: Vec<Vec<u8>> = job
-            .plan
-            .tiles()
-            .zip(&job.tiles)
-            .filter(|(_, state)| state.y.is_none())
-            .map(|(tile, state)| {
+    /// Publishes the current attempt of every task not yet accepted whose inputs are ready: the
+    /// tiles, and the nodes whose children are all accepted (their inputs are written first).
+    async fn publish_ready(&self, job_id: &str, job: &Job) -> Result<(), CoordinatorError> {
+        let ready: Vec<usize> = (0..job.tasks.len())
+            .filter(|&t| job.tasks[t].output.is_none() && job.ready(t))
+            .collect();
+        let inputs: Vec<(String, Vec<u8>)> = ready
+            .iter()
+            .filter_map(|&t| {
+                job.node(t)
+                    .and_then(|n| job.reduce_input(n))
+                    .map(|i| (t, i))
+            })
+            .map(|(t, input)| (self.keys.task_input(job_id, t), input.to_bytes()))
+            .collect();
+        if !inputs.is_empty() {
+            self.store.put_all(inputs, self.ttl()).await?;
+        }
+        let bodies: Vec<Vec<u8>> = ready
+            .iter()
+            .map(|&task| {
                 to_json(&TaskMsg {
                     job_id: job_id.to_string(),
-                    tile,
-                    attempt: state.attempt,
+                    task,
+                    kind: job.kind(task),
+                    attempt: job.tasks[task].attempt,
                 })
             })
             .collect();
-        self.broker
+        Ok(self
+            .broker
             .publish_all(&self.broker.topology().tasks(), &bodies)
-            .await
+            .await?)
     }
 
     async fn save_progress(
@@ -357,7 +484,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         let progress = JobProgress {
             job_id: job_id.to_string(),
             status,
-            tiles: job.plan.len(),
+            tasks: job.tasks.len(),
             proven: job.proven(),
             retries: job.retries,
             started_unix_ms: job.record.started_unix_ms,
@@ -378,7 +505,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             return Ok(false);
         };
         warn!(job = %job_id, "resuming a job planned by an earlier coordinator");
-        self.publish_tasks(job_id, &job).await?;
+        self.publish_ready(job_id, &job).await?;
         self.jobs.insert(job_id.to_string(), job);
         Ok(true)
     }
@@ -391,26 +518,20 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             warn!(job = %job_id, "unreadable job record; ignoring the job");
             return Ok(None);
         };
-        let plan = TilePlan::new(record.rows, record.cols, record.tile_rows);
-        let mut tiles = vec![TileRecord::default(); plan.len()];
-        for (field, value) in self.store.fields(&self.keys.tiles(job_id)).await? {
+        let mut job = Job::new(record);
+        for (field, value) in self.store.fields(&self.keys.tasks(job_id)).await? {
             let index = field.parse::<usize>().ok();
-            let state = serde_json::from_slice::<TileRecord>(&value).ok();
-            if let (Some(slot), Some(state)) = (index.and_then(|i| tiles.get_mut(i)), state) {
+            let state = serde_json::from_slice::<TaskRecord>(&value).ok();
+            if let (Some(slot), Some(state)) = (index.and_then(|i| job.tasks.get_mut(i)), state) {
                 *slot = state;
             }
         }
-        let retries = tiles
+        job.retries = job
+            .tasks
             .iter()
             .map(|t| t.attempt.saturating_sub(1) as usize)
             .sum();
-        Ok(Some(Job {
-            record,
-            plan,
-            tiles,
-            retries,
-            plan_s: None,
-        }))
+        Ok(Some(job))
     }
 
     /// A job that cannot run: an error result for the client, a dead-lettered copy for operators.
@@ -428,9 +549,11 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             y: None,
             certificate_key: None,
             tiles: 0,
+            nodes: 0,
             wall_s: 0.0,
             tile_s: 0.0,
-            tile_timings: Vec::new(),
+            reduce_s: 0.0,
+            task_timings: Vec::new(),
         };
         self.publish_result(&result, delivery.reply_to.as_deref())
             .await?;
@@ -475,15 +598,12 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 self.jobs.insert(job_id.to_string(), job);
             }
         }
-        let Some(state) = self
-            .jobs
-            .get(job_id)
-            .and_then(|job| job.tiles.get(event.tile_index))
-        else {
+        let index = event.task;
+        let Some(state) = self.jobs.get(job_id).and_then(|job| job.tasks.get(index)) else {
             return Ok(()); // a finished, cancelled or unknown job
         };
-        // Accepted tiles and superseded attempts change nothing: redeliveries are harmless.
-        if state.y.is_some() || state.attempt != event.attempt {
+        // Accepted tasks and superseded attempts change nothing: redeliveries are harmless.
+        if state.output.is_some() || state.attempt != event.attempt {
             return Ok(());
         }
         let verdict = match &event.outcome {
@@ -494,9 +614,9 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 ..
             } => {
                 let started = Instant::now();
-                self.check_proof(event).await?.map(|y| TileRecord {
+                self.check_proof(event).await?.map(|output| TaskRecord {
                     attempt: event.attempt,
-                    y: Some(y),
+                    output: Some(output),
                     seconds: run_s + prove_s + started.elapsed().as_secs_f64(),
                     worker: event.worker.clone(),
                     peak_rss_bytes: *peak_rss_bytes,
@@ -506,49 +626,51 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 reason,
                 permanent: true,
             } => {
-                let reason = format!("tile {} cannot be proven: {reason}", event.tile_index);
+                let reason = format!("task {index} cannot be proven: {reason}");
                 return self.finish(job_id, JobStatus::Failed, Some(reason)).await;
             }
             TaskOutcome::Failed { reason, .. } => Err(reason.clone()),
         };
         let ttl = self.ttl();
-        let tiles_key = self.keys.tiles(job_id);
+        let tasks_key = self.keys.tasks(job_id);
         let Some(job) = self.jobs.get_mut(job_id) else {
             return Ok(());
         };
-        let index = event.tile_index;
         match verdict {
             Ok(accepted) => {
-                job.tiles[index] = accepted;
-                let record = to_json(&job.tiles[index]);
+                job.tasks[index] = accepted;
+                let record = to_json(&job.tasks[index]);
                 self.store
-                    .put_field(&tiles_key, &index.to_string(), &record, ttl)
+                    .put_field(&tasks_key, &index.to_string(), &record, ttl)
                     .await?;
-                if job.proven() == job.plan.len() {
-                    return self.finish(job_id, JobStatus::Succeeded, None).await;
+                match job.parents[index] {
+                    None => return self.finish(job_id, JobStatus::Succeeded, None).await,
+                    Some(parent) if job.ready(parent) => {
+                        let job = &self.jobs[job_id];
+                        self.publish_node(job_id, job, parent).await?;
+                    }
+                    Some(_) => {}
                 }
             }
             Err(reason) => {
-                warn!(job = %job_id, tile = index, attempt = event.attempt, %reason, "tile rejected");
+                warn!(job = %job_id, task = index, attempt = event.attempt, %reason, "proof rejected");
                 if event.attempt >= self.config.max_attempts {
                     let reason = format!(
-                        "tile {index} failed {} attempts; last: {reason}",
+                        "task {index} failed {} attempts; last: {reason}",
                         event.attempt
                     );
                     return self.finish(job_id, JobStatus::Failed, Some(reason)).await;
                 }
-                job.tiles[index].attempt = event.attempt + 1;
+                job.tasks[index].attempt = event.attempt + 1;
                 job.retries += 1;
-                let record = to_json(&job.tiles[index]);
+                let record = to_json(&job.tasks[index]);
                 self.store
-                    .put_field(&tiles_key, &index.to_string(), &record, ttl)
+                    .put_field(&tasks_key, &index.to_string(), &record, ttl)
                     .await?;
-                let Some(tile) = job.plan.tile(index) else {
-                    return Ok(());
-                };
                 let task = TaskMsg {
                     job_id: job_id.to_string(),
-                    tile,
+                    task: index,
+                    kind: job.kind(index),
                     attempt: event.attempt + 1,
                 };
                 let tasks = self.broker.topology().tasks();
@@ -563,53 +685,53 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         Ok(())
     }
 
-    /// Verifies a reported proof and that it is of exactly the planned tile; `Ok(Err(reason))`
-    /// when the worker's claim does not hold.
-    async fn check_proof(&self, event: &TaskEvent) -> Result<Result<Vec<i64>, String>, StoreError> {
-        let key = self
-            .keys
-            .proof(&event.job_id, event.tile_index, event.attempt);
+    /// Writes a ready node's input (its children's accepted outputs) and publishes its task.
+    async fn publish_node(
+        &self,
+        job_id: &str,
+        job: &Job,
+        task: usize,
+    ) -> Result<(), CoordinatorError> {
+        let Some(input) = job.node(task).and_then(|n| job.reduce_input(n)) else {
+            return Ok(());
+        };
+        self.store
+            .put(
+                &self.keys.task_input(job_id, task),
+                &input.to_bytes(),
+                self.ttl(),
+            )
+            .await?;
+        let msg = TaskMsg {
+            job_id: job_id.to_string(),
+            task,
+            kind: TaskKind::Reduce,
+            attempt: job.tasks[task].attempt,
+        };
+        let tasks = self.broker.topology().tasks();
+        Ok(self
+            .broker
+            .publish(&tasks, &to_json(&msg), &Headers::new(), None)
+            .await?)
+    }
+
+    /// Verifies a reported proof and that it states exactly the planned task: a tile at its
+    /// position with its digests, or a node over exactly its children's facts (the root also with
+    /// the planned commitments). Returns the proof's public output, or `Ok(Err(reason))` when
+    /// the worker's claim does not hold.
+    async fn check_proof(&self, event: &TaskEvent) -> Result<Result<Vec<u32>, String>, StoreError> {
+        let key = self.keys.proof(&event.job_id, event.task, event.attempt);
         let Some(proof) = self.store.get(&key).await? else {
             return Ok(Err(format!("no proof at {key}")));
         };
         let Some(job) = self.jobs.get(&event.job_id) else {
             return Ok(Err("job finished".into()));
         };
-        let Some(tile) = job.plan.tile(event.tile_index) else {
-            return Ok(Err("no such tile".into()));
-        };
-        let verified = match verify_tile(&proof, self.config.allow_test_profile) {
-            Ok(verified) => verified,
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        let out = &verified.output;
-        let expected = (tile.row0, tile.col0, tile.rows, tile.cols);
-        let stated = (
-            out.row0 as usize,
-            out.col0 as usize,
-            out.rows as usize,
-            out.cols as usize,
-        );
-        if stated != expected {
-            return Ok(Err(format!(
-                "proof is of a {}x{} tile at ({}, {}), not the planned {}x{} at ({}, {})",
-                stated.2,
-                stated.3,
-                stated.0,
-                stated.1,
-                expected.2,
-                expected.3,
-                expected.0,
-                expected.1
-            )));
-        }
-        if job.record.a_digests.get(tile.index) != Some(&out.a_digest.to_hex()) {
-            return Ok(Err("proof is of other A entries".into()));
-        }
-        if job.record.x_digests.get(tile.col_block) != Some(&out.x_digest.to_hex()) {
-            return Ok(Err("proof is of another x block".into()));
-        }
-        Ok(Ok(out.y.clone()))
+        let allow_test = self.config.allow_test_profile;
+        Ok(match job.node(event.task) {
+            None => check_tile(job, event.task, &proof, allow_test),
+            Some(node) => check_node(job, node, &proof, allow_test),
+        })
     }
 
     /// A cancel request: a running job ends now, with its keys freed.
@@ -644,61 +766,165 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         let Some(job) = self.jobs.remove(job_id) else {
             return Ok(());
         };
+        let tiles = job.plan.len();
+        let seconds = |range: std::ops::Range<usize>| -> f64 {
+            job.tasks[range].iter().map(|t| t.seconds).sum()
+        };
         let mut result = JobResult {
             job_id: job_id.to_string(),
             status,
             error,
             y: None,
             certificate_key: None,
-            tiles: job.plan.len(),
+            tiles,
+            nodes: job.tree.len(),
             wall_s: unix_ms().saturating_sub(job.record.started_unix_ms) as f64 / 1000.0,
-            tile_s: job.tiles.iter().map(|t| t.seconds).sum(),
-            tile_timings: Vec::new(),
+            tile_s: seconds(0..tiles),
+            reduce_s: seconds(tiles..job.tasks.len()),
+            task_timings: Vec::new(),
         };
         if status == JobStatus::Succeeded {
-            let mut y = vec![0i64; job.plan.rows];
-            let mut certificate = b"SSFC".to_vec();
-            for (tile, state) in job.plan.tiles().zip(&job.tiles) {
-                for (i, v) in state.y.iter().flatten().enumerate() {
-                    y[tile.row0 + i] += v;
+            match self.certificate(job_id, &job).await? {
+                Ok((certificate, y)) => {
+                    let key = self.keys.certificate(job_id);
+                    self.store.put(&key, &certificate, self.ttl()).await?;
+                    result.y = Some(y);
+                    result.certificate_key = Some(key);
+                    result.task_timings = job
+                        .tasks
+                        .iter()
+                        .enumerate()
+                        .map(|(task, t)| TaskTiming {
+                            task,
+                            kind: job.kind(task),
+                            attempt: t.attempt,
+                            worker: t.worker.clone(),
+                            seconds: t.seconds,
+                            peak_rss_bytes: t.peak_rss_bytes,
+                        })
+                        .collect();
                 }
-                let key = self.keys.proof(job_id, tile.index, state.attempt);
-                let Some(proof) = self.store.get(&key).await? else {
-                    // Verified moments ago and stored with a TTL of hours: only an operator
-                    // deleting keys gets here. Fail the job rather than issue a short certificate.
+                Err(reason) => {
                     result.status = JobStatus::Failed;
-                    result.error = Some(format!("accepted proof {key} vanished"));
-                    break;
-                };
-                certificate.extend_from_slice(&(proof.len() as u64).to_le_bytes());
-                certificate.extend_from_slice(&proof);
-            }
-            if result.status == JobStatus::Succeeded {
-                let key = self.keys.certificate(job_id);
-                self.store.put(&key, &certificate, self.ttl()).await?;
-                result.y = Some(y);
-                result.certificate_key = Some(key);
-                result.tile_timings = job
-                    .tiles
-                    .iter()
-                    .enumerate()
-                    .map(|(tile, t)| TileTiming {
-                        tile,
-                        attempt: t.attempt,
-                        worker: t.worker.clone(),
-                        seconds: t.seconds,
-                        peak_rss_bytes: t.peak_rss_bytes,
-                    })
-                    .collect();
+                    result.error = Some(reason);
+                }
             }
         }
         self.save_progress(job_id, &job, result.status).await?;
         let working = self
             .keys
-            .working_set(job_id, job.plan.len(), self.config.max_attempts);
+            .working_set(job_id, job.tasks.len(), self.config.max_attempts);
         self.store.delete(&working).await?;
         info!(job = %job_id, status = ?result.status, wall_s = result.wall_s, "job finished");
         self.publish_result(&result, job.record.reply_to.as_deref())
             .await
     }
+
+    /// The job certificate from the accepted proofs (tiles, nodes, root last) and the root's y.
+    async fn certificate(
+        &self,
+        job_id: &str,
+        job: &Job,
+    ) -> Result<Result<(Vec<u8>, Vec<i64>), String>, StoreError> {
+        let root = job.tasks.last().and_then(|t| t.output.as_deref());
+        let Some(root) = root.and_then(|words| RootOutput::from_words(words).ok()) else {
+            return Ok(Err("the accepted root output is unreadable".into()));
+        };
+        let mut proofs = Vec::with_capacity(job.tasks.len());
+        for (task, state) in job.tasks.iter().enumerate() {
+            let key = self.keys.proof(job_id, task, state.attempt);
+            match self.store.get(&key).await? {
+                Some(proof) => proofs.push(proof),
+                // Verified moments ago and stored with a TTL of hours: only an operator deleting
+                // keys gets here. Fail the job rather than issue a short certificate.
+                None => return Ok(Err(format!("accepted proof {key} vanished"))),
+            }
+        }
+        let certificate = Certificate {
+            rows: root.rows,
+            cols: root.cols,
+            tile_rows: root.tile_rows,
+            tile_cols: root.tile_cols,
+            a_commitment: root.a_commitment,
+            x_commitment: root.x_commitment,
+            program_hashes: Pinned::ALL.map(Pinned::hash),
+            y: root.y.clone(),
+            proofs,
+        };
+        Ok(Ok((certificate.to_bytes(), root.y)))
+    }
+}
+
+/// A tile's proof: the map kernel, at the planned position and shape, of the planned digests.
+fn check_tile(job: &Job, task: usize, proof: &[u8], allow_test: bool) -> Result<Vec<u32>, String> {
+    let tile = job.plan.tile(task).ok_or("no such tile")?;
+    let verified = verify_tile(proof, allow_test).map_err(|e| e.to_string())?;
+    let out = &verified.output;
+    let expected = (tile.row0, tile.col0, tile.rows, tile.cols);
+    let stated = (
+        out.row0 as usize,
+        out.col0 as usize,
+        out.rows as usize,
+        out.cols as usize,
+    );
+    if stated != expected {
+        return Err(format!(
+            "proof is of a {}x{} tile at ({}, {}), not the planned {}x{} at ({}, {})",
+            stated.2, stated.3, stated.0, stated.1, expected.2, expected.3, expected.0, expected.1
+        ));
+    }
+    if job.record.a_digests.get(tile.index) != Some(&out.a_digest.to_hex()) {
+        return Err("proof is of other A entries".into());
+    }
+    if job.record.x_digests.get(tile.col_block) != Some(&out.x_digest.to_hex()) {
+        return Err("proof is of another x block".into());
+    }
+    Ok(out.to_words())
+}
+
+/// A node's proof: the reduce (or root) program over exactly the accepted children, in order.
+fn check_node(
+    job: &Job,
+    node: &NodeSpec,
+    proof: &[u8],
+    allow_test: bool,
+) -> Result<Vec<u32>, String> {
+    let verified = verify_proof(proof, allow_test).map_err(|e| e.to_string())?;
+    let input = job
+        .reduce_input(node)
+        .ok_or("a child of this node is not accepted")?;
+    let children: Vec<Fact> = input.children.iter().map(Child::fact).collect();
+    let expected = if node.root {
+        Pinned::Root
+    } else {
+        Pinned::Reduce
+    };
+    if verified.program != expected {
+        return Err(format!(
+            "proof is of the {} program, not the {} program",
+            verified.program.name(),
+            expected.name()
+        ));
+    }
+    let words = verified.output;
+    let facts = if node.root {
+        let out = RootOutput::from_words(&words)?;
+        if Some(out.a_commitment) != job.expected_a_commitment() {
+            return Err("root proves another A commitment than the planned tiles'".into());
+        }
+        if Some(out.x_commitment) != job.expected_x_commitment() {
+            return Err("root proves another x commitment".into());
+        }
+        out.facts
+    } else {
+        let out = NodeOutput::from_words(&words)?;
+        if (out.row0 as usize, out.rows as usize) != (node.row0, node.rows) {
+            return Err("node proof covers other rows than planned".into());
+        }
+        out.facts
+    };
+    if facts != children {
+        return Err("node proof states other child facts than the accepted children's".into());
+    }
+    Ok(words)
 }

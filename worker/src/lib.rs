@@ -20,11 +20,12 @@ pub mod memory;
 use std::sync::Arc;
 use std::time::Duration;
 
-use starkscale_cairo::run::DEFAULT_MAX_STEPS;
-use starkscale_cairo::{run_map, KernelError, Profile, Prover, TileInput};
+use starkscale_cairo::run::{run_reduce, DEFAULT_MAX_STEPS};
+use starkscale_cairo::tree::ReduceInput;
+use starkscale_cairo::{run_map, KernelError, Profile, Prover, ProverInput, RunStats, TileInput};
 use starkscale_common::broker::{Broker, BrokerError, Delivery, Headers};
 use starkscale_common::config::FleetConfig;
-use starkscale_common::messages::{Keys, TaskEvent, TaskMsg, TaskOutcome, TileInputBlob};
+use starkscale_common::messages::{Keys, TaskEvent, TaskKind, TaskMsg, TaskOutcome, TileInputBlob};
 use starkscale_common::store::{Store, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -159,7 +160,35 @@ struct Worker<B, S> {
     deadline: Duration,
 }
 
-/// What proving one tile produced, from the blocking thread.
+/// A task's decoded input.
+enum Work {
+    Map(TileInput),
+    Reduce(ReduceInput),
+}
+
+impl Work {
+    fn decode(kind: TaskKind, bytes: &[u8]) -> Result<Work, String> {
+        match kind {
+            TaskKind::Map => {
+                let blob = TileInputBlob::from_bytes(bytes).map_err(|e| e.to_string())?;
+                TileInput::new(blob.row0, blob.col0, blob.a, blob.x)
+                    .map(Work::Map)
+                    .map_err(|e| e.to_string())
+            }
+            TaskKind::Reduce => ReduceInput::from_bytes(bytes).map(Work::Reduce),
+        }
+    }
+
+    /// Runs the task's program; what to prove and what the run cost.
+    fn run(self, max_steps: usize) -> Result<(ProverInput, RunStats), KernelError> {
+        match self {
+            Work::Map(tile) => run_map(&tile, max_steps).map(|run| (run.input, run.stats)),
+            Work::Reduce(node) => run_reduce(&node, max_steps).map(|run| (run.input, run.stats)),
+        }
+    }
+}
+
+/// What proving one task produced, from the blocking thread.
 type Proven = Result<(starkscale_cairo::RunStats, f64, Vec<u8>), KernelError>;
 
 impl<B: Broker, S: Store> Worker<B, S> {
@@ -178,7 +207,7 @@ impl<B: Broker, S: Store> Worker<B, S> {
             Ok(outcome) => {
                 let event = TaskEvent {
                     job_id: task.job_id.clone(),
-                    tile_index: task.tile.index,
+                    task: task.task,
                     attempt: task.attempt,
                     worker: self.name.clone(),
                     outcome,
@@ -191,7 +220,7 @@ impl<B: Broker, S: Store> Worker<B, S> {
                 delivery.ack().await?;
             }
             Err(transient) => {
-                warn!(job = %task.job_id, tile = task.tile.index, error = %transient, "requeueing");
+                warn!(job = %task.job_id, task = task.task, error = %transient, "requeueing");
                 delivery.nack(true).await?;
             }
         }
@@ -212,26 +241,22 @@ impl<B: Broker, S: Store> Worker<B, S> {
             reason,
             permanent: true,
         };
-        let key = self.keys.tile_input(&task.job_id, task.tile.index);
+        let key = self.keys.task_input(&task.job_id, task.task);
         let Some(bytes) = self.store.get(&key).await? else {
             return Ok(failed(format!(
-                "no tile input at {key} (job finished, cancelled or expired)"
+                "no task input at {key} (job finished, cancelled or expired)"
             )));
         };
-        let tile = match TileInputBlob::from_bytes(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|b| TileInput::new(b.row0, b.col0, b.a, b.x).map_err(|e| e.to_string()))
-        {
-            Ok(tile) => tile,
-            Err(e) => return Ok(failed(format!("bad tile input: {e}"))),
+        let work = match Work::decode(task.kind, &bytes) {
+            Ok(work) => work,
+            Err(e) => return Ok(failed(format!("bad task input: {e}"))),
         };
         let prover = self.prover.clone();
         let max_steps = self.max_steps;
         memory::reset_peak_rss();
         let mut proving = tokio::task::spawn_blocking(move || -> Proven {
-            let run = run_map(&tile, max_steps)?;
-            let stats = run.stats;
-            let (proof, prove_s) = prover.prove(run.input)?;
+            let (input, stats) = work.run(max_steps)?;
+            let (proof, prove_s) = prover.prove(input)?;
             Ok((stats, prove_s, proof.to_bytes()))
         });
         let proven = tokio::select! {
@@ -254,7 +279,7 @@ impl<B: Broker, S: Store> Worker<B, S> {
             }
             Err(join) => return Ok(failed(format!("proving panicked: {join}"))),
         };
-        let key = self.keys.proof(&task.job_id, task.tile.index, task.attempt);
+        let key = self.keys.proof(&task.job_id, task.task, task.attempt);
         self.store.put(&key, &proof, self.ttl).await?;
         Ok(TaskOutcome::Proven {
             steps: stats.steps,

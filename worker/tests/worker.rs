@@ -9,8 +9,7 @@ use starkscale_cairo::verify_tile;
 use starkscale_cairo::Profile;
 use starkscale_common::broker::{AmqpBroker, Broker, Consumer, Delivery, Headers, Topology};
 use starkscale_common::config::{unique_prefix, FleetConfig, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
-use starkscale_common::messages::{Keys, TaskEvent, TaskMsg, TaskOutcome, TileInputBlob};
-use starkscale_common::plan::TilePlan;
+use starkscale_common::messages::{Keys, TaskEvent, TaskKind, TaskMsg, TaskOutcome, TileInputBlob};
 use starkscale_common::store::{RedisStore, Store};
 use starkscale_common::{Dtype, Matrix, Vector};
 use starkscale_worker::{run, WorkerConfig};
@@ -48,7 +47,6 @@ async fn worker_proves_tasks_and_survives_bad_ones() {
     )
     .unwrap();
     let job = "job-1";
-    let tile = TilePlan::new(3, 40, 254).tile(0).unwrap();
     let blob = TileInputBlob {
         row0: 0,
         col0: 0,
@@ -57,7 +55,7 @@ async fn worker_proves_tasks_and_survives_bad_ones() {
     };
     store
         .put(
-            &keys.tile_input(job, 0),
+            &keys.task_input(job, 0),
             &blob.to_bytes(),
             Duration::from_secs(300),
         )
@@ -77,13 +75,15 @@ async fn worker_proves_tasks_and_survives_bad_ones() {
     publish(b"{not a task".to_vec()).await;
     let task = TaskMsg {
         job_id: job.into(),
-        tile,
+        task: 0,
+        kind: TaskKind::Map,
         attempt: 1,
     };
     publish(serde_json::to_vec(&task).unwrap()).await;
     let orphan = TaskMsg {
         job_id: "job-gone".into(),
-        tile,
+        task: 0,
+        kind: TaskKind::Map,
         attempt: 1,
     };
     publish(serde_json::to_vec(&orphan).unwrap()).await;
@@ -111,7 +111,7 @@ async fn worker_proves_tasks_and_survives_bad_ones() {
         .find(|e| e.job_id == job)
         .expect("an event for the job");
     assert_eq!(
-        (proven.tile_index, proven.attempt, proven.worker.as_str()),
+        (proven.task, proven.attempt, proven.worker.as_str()),
         (0, 1, "w1")
     );
     assert!(
@@ -124,7 +124,7 @@ async fn worker_proves_tasks_and_survives_bad_ones() {
         .find(|e| e.job_id == "job-gone")
         .expect("an event for the orphan");
     assert!(
-        matches!(&missing.outcome, TaskOutcome::Failed { permanent: true, reason } if reason.contains("no tile input")),
+        matches!(&missing.outcome, TaskOutcome::Failed { permanent: true, reason } if reason.contains("no task input")),
         "{:?}",
         missing.outcome
     );
@@ -162,7 +162,7 @@ async fn worker_proves_tasks_and_survives_bad_ones() {
         .unwrap();
 
     store
-        .delete(&[keys.tile_input(job, 0), keys.proof(job, 0, 1)])
+        .delete(&[keys.task_input(job, 0), keys.proof(job, 0, 1)])
         .await
         .unwrap();
     broker.delete_topology().await.unwrap();
