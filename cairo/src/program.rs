@@ -19,6 +19,9 @@ pub const ROOT_PROGRAM_JSON: &[u8] = include_bytes!("../programs/root.json");
 /// The kernel without its digest chains, for measuring what binding costs. Never verified.
 pub const MAP_UNBOUND_PROGRAM_JSON: &[u8] = include_bytes!("../programs/map_unbound.json");
 
+/// A program's bytecode as public memory: (memory value id, limbs) per cell.
+pub(crate) type Section = Vec<(u32, [u32; 8])>;
+
 /// The programs a certificate may contain proofs of, each pinned by its bytecode hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Pinned {
@@ -74,8 +77,8 @@ impl Pinned {
     /// program is the first segment): small values (< 2^72) and others in separate ranges. The
     /// proof envelope elides a program section only when it equals this exactly, so a mismatch
     /// here can only cost size, never correctness.
-    pub(crate) fn section(self) -> &'static Vec<(u32, [u32; 8])> {
-        static SECTIONS: [OnceLock<Vec<(u32, [u32; 8])>>; 3] =
+    pub(crate) fn section(self) -> &'static Section {
+        static SECTIONS: [OnceLock<Section>; 3] =
             [OnceLock::new(), OnceLock::new(), OnceLock::new()];
         SECTIONS[self.index()].get_or_init(|| section_of(self.program()))
     }
@@ -102,7 +105,7 @@ pub fn map_program_hash() -> Digest {
     Pinned::Map.hash()
 }
 
-fn section_of(program: &Program) -> Vec<(u32, [u32; 8])> {
+fn section_of(program: &Program) -> Section {
     let mut small = HashMap::new();
     let mut large = HashMap::new();
     program
