@@ -104,16 +104,15 @@ fn submit_wait_result_and_sigterm() {
     );
     let embedded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(embedded["y"], result["y"]);
-    assert!(std::fs::read(here.path().join("example-inline.cert"))
-        .unwrap()
-        .starts_with(b"SSFC"));
+    let embedded_cert = here.path().join("example-inline.cert");
+    assert!(std::fs::read(&embedded_cert).unwrap().starts_with(b"SSJC"));
 
     // status reports the finished job.
     let out = starkscale(&["status", "example-inline"], &prefix);
     assert!(out.status.success());
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["status"], "succeeded");
-    assert_eq!(status["proven"], status["tiles"]);
+    assert_eq!(status["proven"], status["tasks"]);
 
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("job.cert");
@@ -126,7 +125,54 @@ fn submit_wait_result_and_sigterm() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(std::fs::read(&cert).unwrap().starts_with(b"SSFC"));
+    assert!(std::fs::read(&cert).unwrap().starts_with(b"SSJC"));
+
+    // Both certificates verify against the model commitment and x; another x, or the default
+    // refusal of test-profile proofs, is named.
+    let a_file = dir.path().join("a.json");
+    let x_file = dir.path().join("x.json");
+    let other_x = dir.path().join("other-x.json");
+    std::fs::write(&a_file, serde_json::to_vec(&spec["a"]["inline"]).unwrap()).unwrap();
+    std::fs::write(&x_file, serde_json::to_vec(&spec["x"]["inline"]).unwrap()).unwrap();
+    let mut changed: Vec<i64> = x.iter().map(|v| v.as_i64().unwrap()).collect();
+    changed[0] = if changed[0] == 0 { 1 } else { 0 };
+    std::fs::write(&other_x, serde_json::to_vec(&changed).unwrap()).unwrap();
+    let out = starkscale(&["commit", a_file.to_str().unwrap()], &prefix);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let commitment = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let verify = |cert: &std::path::Path, x: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            cert.to_str().unwrap(),
+            "--commitment",
+            &commitment,
+            "--x",
+            x.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        starkscale(&args, &prefix)
+    };
+    for c in [&cert, &embedded_cert] {
+        let out = verify(c, &x_file, &["--allow-test-profile", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let verified: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(verified["y"], result["y"]);
+        assert_eq!(verified["profile"], "test");
+    }
+    let out = verify(&cert, &other_x, &["--allow-test-profile"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("x mismatch"));
+    let out = verify(&cert, &x_file, &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("profile"));
 
     // A job the coordinator refuses: submit --wait reports the reason and fails.
     let bad = dir.path().join("bad.json");
@@ -266,10 +312,11 @@ fn two_workers_split_a_job_and_a_sigkilled_worker_loses_nothing() {
     };
     assert_eq!(result["status"], "succeeded");
     assert_eq!(result["y"], serde_json::json!(native));
-    let workers: std::collections::BTreeSet<&str> = result["tile_timings"]
+    let workers: std::collections::BTreeSet<&str> = result["task_timings"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|t| t["kind"] == "map")
         .map(|t| t["worker"].as_str().unwrap())
         .collect();
     assert_eq!(workers.len(), 2, "both workers proved tiles: {workers:?}");
