@@ -375,7 +375,7 @@ fn verify(args: VerifyArgs) -> Result<()> {
         println!("{json}");
     } else {
         println!(
-            "OK: y = A x for a {}x{} A ({} tiles of {}x{}, {} reduce proofs), {} profile, verified in {:.0} ms",
+            "OK: y = A x for a {}x{} A ({} tiles of {}x{}, {} reduce proof(s)), {} profile, verified in {:.0} ms",
             verified.rows,
             verified.cols,
             verified.tiles,
