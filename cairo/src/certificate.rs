@@ -111,6 +111,22 @@ fn malformed(msg: impl Into<String>) -> CertificateError {
 }
 
 impl Certificate {
+    /// The certificate of a job whose root proved `root`, from all its proofs in order (tiles
+    /// row-major, then nodes, the root last).
+    pub fn new(root: &RootOutput, proofs: Vec<Vec<u8>>) -> Certificate {
+        Certificate {
+            rows: root.rows,
+            cols: root.cols,
+            tile_rows: root.tile_rows,
+            tile_cols: root.tile_cols,
+            a_commitment: root.a_commitment,
+            x_commitment: root.x_commitment,
+            program_hashes: Pinned::ALL.map(Pinned::hash),
+            y: root.y.clone(),
+            proofs,
+        }
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let size: usize = self.proofs.iter().map(|p| p.len() + 8).sum();
         let mut out = Vec::with_capacity(160 + 4 * self.y.len() + size);

@@ -65,31 +65,46 @@ pub fn x_commitment(x_digests: &[Digest]) -> Digest {
     blake2s_words(&words)
 }
 
+/// The A commitment of `plan`'s tiles given each tile's A digest (by tile index).
+pub fn commit_tiles(plan: &TilePlan, a_digests: &[Digest]) -> Digest {
+    let leaves: Vec<Digest> = plan
+        .tiles()
+        .zip(a_digests)
+        .map(|(t, digest)| {
+            tile_leaf(
+                t.row0 as u32,
+                t.col0 as u32,
+                t.rows as u32,
+                t.cols as u32,
+                digest,
+            )
+        })
+        .collect();
+    // Tiles are row-major, so each row block's leaves are one chunk.
+    let row_roots: Vec<Digest> = leaves.chunks(plan.col_blocks()).map(merkle_root).collect();
+    a_commitment(
+        plan.rows as u32,
+        plan.cols as u32,
+        plan.tile_rows as u32,
+        plan.tile_cols as u32,
+        &row_roots,
+    )
+}
+
 /// `starkscale commit`: the commitment of `a` cut into tiles of `tile_rows` × `tile_cols`
 /// (`tile_cols` at most [`encoding::TILE_COLS`]).
 pub fn commit_matrix(a: &Matrix, tile_rows: usize, tile_cols: usize) -> Digest {
-    let row_roots: Vec<Digest> = (0..a.rows().div_ceil(tile_rows))
-        .map(|rb| {
-            let row0 = rb * tile_rows;
-            let rows = tile_rows.min(a.rows() - row0);
-            let leaves: Vec<Digest> = (0..a.cols().div_ceil(tile_cols))
-                .map(|cb| {
-                    let col0 = cb * tile_cols;
-                    let cols = tile_cols.min(a.cols() - col0);
-                    let digest = encoding::a_digest(&a.tile(row0, col0, rows, cols));
-                    tile_leaf(row0 as u32, col0 as u32, rows as u32, cols as u32, &digest)
-                })
-                .collect();
-            merkle_root(&leaves)
-        })
+    let plan = TilePlan {
+        rows: a.rows(),
+        cols: a.cols(),
+        tile_rows,
+        tile_cols,
+    };
+    let digests: Vec<Digest> = plan
+        .tiles()
+        .map(|t| encoding::a_digest(&a.tile(t.row0, t.col0, t.rows, t.cols)))
         .collect();
-    a_commitment(
-        a.rows() as u32,
-        a.cols() as u32,
-        tile_rows as u32,
-        tile_cols as u32,
-        &row_roots,
-    )
+    commit_tiles(&plan, &digests)
 }
 
 /// The x commitment of a vector cut into blocks of `tile_cols`.

@@ -90,17 +90,7 @@ fn fixture() -> &'static Fixture {
             proofs.push(prover().prove(run.input).unwrap().0.to_bytes());
         }
         let root = RootOutput::from_words(&children.last().unwrap().output).unwrap();
-        let certificate = Certificate {
-            rows: root.rows,
-            cols: root.cols,
-            tile_rows: root.tile_rows,
-            tile_cols: root.tile_cols,
-            a_commitment: root.a_commitment,
-            x_commitment: root.x_commitment,
-            program_hashes: Pinned::ALL.map(Pinned::hash),
-            y: root.y,
-            proofs,
-        };
+        let certificate = Certificate::new(&root, proofs);
         Fixture { a, x, certificate }
     })
 }

@@ -82,8 +82,9 @@ pub struct JobResult {
     /// Redis key of the job certificate (`docs/certificate.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_key: Option<String>,
-    /// Map tiles and reduce nodes of the job.
+    /// Map tiles of the job.
     pub tiles: usize,
+    /// Reduce nodes of the job, the root included.
     #[serde(default)]
     pub nodes: usize,
     /// Seconds from accepting the job to its result.

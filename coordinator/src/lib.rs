@@ -31,7 +31,7 @@ use starkscale_cairo::certificate::Certificate;
 use starkscale_cairo::encoding::{a_digest, x_digest, Digest, Fact};
 use starkscale_cairo::program::Pinned;
 use starkscale_cairo::tree::{
-    a_commitment, merkle_root, tile_leaf, x_commitment, Child, NodeOutput, ReduceInput, RootOutput,
+    commit_tiles, x_commitment, Child, NodeOutput, ReduceInput, RootOutput,
 };
 use starkscale_cairo::{verify_proof, verify_tile};
 use starkscale_common::broker::{Broker, BrokerError, Delivery, Headers};
@@ -226,30 +226,13 @@ impl Job {
 
     /// The A commitment of the planned tiles' digests: what the root must prove.
     fn expected_a_commitment(&self) -> Option<Digest> {
-        let col_blocks = self.plan.col_blocks();
-        let mut row_roots = Vec::with_capacity(self.plan.row_blocks());
-        let mut leaves = Vec::with_capacity(col_blocks);
-        for tile in self.plan.tiles() {
-            let digest = Digest::from_hex(self.record.a_digests.get(tile.index)?)?;
-            leaves.push(tile_leaf(
-                tile.row0 as u32,
-                tile.col0 as u32,
-                tile.rows as u32,
-                tile.cols as u32,
-                &digest,
-            ));
-            if leaves.len() == col_blocks {
-                row_roots.push(merkle_root(&leaves));
-                leaves.clear();
-            }
-        }
-        Some(a_commitment(
-            self.plan.rows as u32,
-            self.plan.cols as u32,
-            self.plan.tile_rows as u32,
-            self.plan.tile_cols as u32,
-            &row_roots,
-        ))
+        let digests = self
+            .record
+            .a_digests
+            .iter()
+            .map(|h| Digest::from_hex(h))
+            .collect::<Option<Vec<_>>>()?;
+        (digests.len() == self.plan.len()).then(|| commit_tiles(&self.plan, &digests))
     }
 
     fn expected_x_commitment(&self) -> Option<Digest> {
@@ -840,18 +823,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 None => return Ok(Err(format!("accepted proof {key} vanished"))),
             }
         }
-        let certificate = Certificate {
-            rows: root.rows,
-            cols: root.cols,
-            tile_rows: root.tile_rows,
-            tile_cols: root.tile_cols,
-            a_commitment: root.a_commitment,
-            x_commitment: root.x_commitment,
-            program_hashes: Pinned::ALL.map(Pinned::hash),
-            y: root.y.clone(),
-            proofs,
-        };
-        Ok(Ok((certificate.to_bytes(), root.y)))
+        Ok(Ok((Certificate::new(&root, proofs).to_bytes(), root.y)))
     }
 }
 
