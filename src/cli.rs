@@ -11,6 +11,7 @@ use starkscale_cairo::encoding::{Digest, MAX_TILE_ROWS};
 use starkscale_cairo::run::DEFAULT_MAX_STEPS;
 use starkscale_cairo::tree::commit_matrix;
 use starkscale_cairo::{run_map, verify_tile, Profile, Prover, TileInput, TILE_COLS};
+use starkscale_common::metrics;
 use starkscale_common::{Dtype, Matrix, Vector};
 
 use crate::{bench, client};
@@ -176,10 +177,12 @@ pub fn main() -> ExitCode {
         Command::Bench(BenchCommand::Kernel(args)) => bench::kernel(args),
         Command::Bench(BenchCommand::Fleet(args)) => serve(|_| bench::fleet(args)),
         Command::Bench(BenchCommand::Plan(args)) => serve(|_| bench::plan(args)),
-        Command::Worker(config) => {
-            serve(|shutdown| async move { Ok(starkscale_worker::run(config, shutdown).await?) })
-        }
+        Command::Worker(config) => serve(|shutdown| async move {
+            serve_metrics(metrics::Role::Worker, config.metrics_addr).await?;
+            Ok(starkscale_worker::run(config, shutdown).await?)
+        }),
         Command::Coordinator(config) => serve(|shutdown| async move {
+            serve_metrics(metrics::Role::Coordinator, config.metrics_addr).await?;
             starkscale_coordinator::run(config, shutdown).await;
             Ok(())
         }),
@@ -256,6 +259,15 @@ where
         let shutdown = shutdown_on_signal()?;
         service(shutdown).await
     })
+}
+
+/// Starts a service's Prometheus endpoint; it serves until the process exits, so a draining
+/// worker is still scraped.
+async fn serve_metrics(role: metrics::Role, addr: std::net::SocketAddr) -> Result<()> {
+    let handle = metrics::install(role)?;
+    let bound = metrics::serve_endpoint(addr, handle).await?;
+    eprintln!("metrics: http://{bound}/metrics");
+    Ok(())
 }
 
 /// A token cancelled by SIGTERM (compose, Kubernetes) or SIGINT (a terminal).

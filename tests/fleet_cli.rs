@@ -4,56 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-struct Service(Child);
-
-impl Service {
-    fn start(args: &[&str], prefix: &str) -> Service {
-        let child = Command::new(env!("CARGO_BIN_EXE_starkscale"))
-            .args(args)
-            .env("STARKSCALE_PREFIX", prefix)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Service(child)
-    }
-
-    /// SIGTERM, then the exit status within `limit`.
-    fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status()
-            .unwrap();
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "did not exit within {limit:?} of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
-
-fn starkscale(args: &[&str], prefix: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_starkscale"))
-        .args(args)
-        .env("STARKSCALE_PREFIX", prefix)
-        .output()
-        .unwrap()
-}
+use support::{clean_up, starkscale, Service};
 
 #[test]
 fn submit_wait_result_and_sigterm() {
@@ -197,34 +153,6 @@ fn submit_wait_result_and_sigterm() {
     assert!(worker.terminate(Duration::from_secs(30)).success());
     assert!(coordinator.terminate(Duration::from_secs(30)).success());
     clean_up(&prefix, &["example-inline", "bad"]);
-}
-
-fn clean_up(prefix: &str, jobs: &[&str]) {
-    use starkscale_common::broker::{AmqpBroker, Topology};
-    use starkscale_common::messages::Keys;
-    use starkscale_common::store::{RedisStore, Store};
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let broker = AmqpBroker::connect(
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
-            Topology::new(prefix),
-        )
-        .await
-        .unwrap();
-        broker.delete_topology().await.unwrap();
-        let store = RedisStore::connect("redis://127.0.0.1:6379/")
-            .await
-            .unwrap();
-        let keys = Keys::new(prefix);
-        let all: Vec<String> = jobs
-            .iter()
-            .flat_map(|j| {
-                let mut all = keys.working_set(j, 8, 3);
-                all.extend([keys.result(j), keys.certificate(j), keys.progress(j)]);
-                all
-            })
-            .collect();
-        store.delete(&all).await.unwrap();
-    });
 }
 
 /// Polls `status` until `done` holds for the job's progress.

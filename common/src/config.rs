@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::broker::{AmqpBroker, Topology};
+use crate::metrics;
 use crate::store::RedisStore;
 
 /// RabbitMQ on loopback with the default account.
@@ -61,9 +62,12 @@ impl FleetConfig {
                 Ok(broker) => {
                     let served = match RedisStore::connect(&self.redis_url).await {
                         Err(e) => Err(e.to_string()),
-                        Ok(store) => serve(broker.clone(), store)
-                            .await
-                            .map_err(|e| e.to_string()),
+                        Ok(store) => {
+                            metrics::set_connected(true);
+                            let served = serve(broker.clone(), store).await;
+                            metrics::set_connected(false);
+                            served.map_err(|e| e.to_string())
+                        }
                     };
                     broker.close().await;
                     match served {

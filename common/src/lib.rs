@@ -8,6 +8,7 @@
 //! - [`config`]: where the fleet is ([`config::FleetConfig`]), shared by every process.
 //! - [`broker`]: RabbitMQ topology and confirmed publishing ([`broker::AmqpBroker`]).
 //! - [`store`]: Redis with a TTL on every write ([`store::RedisStore`]).
+//! - [`metrics`]: every Prometheus metric's name, description and buckets, and `/metrics`.
 //!
 //! Nothing here touches the proving stack; `starkscale-cairo` owns that.
 
@@ -15,6 +16,7 @@ pub mod broker;
 pub mod config;
 pub mod job;
 pub mod messages;
+pub mod metrics;
 pub mod plan;
 pub mod store;
 pub mod tensor;

@@ -127,6 +127,16 @@ impl JobStatus {
     pub fn is_final(self) -> bool {
         self != JobStatus::Running
     }
+
+    /// The status as JSON and metric labels spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// How far a job has got, at [`Keys::progress`]; what `starkscale status` prints.

@@ -25,6 +25,7 @@
 //! holds a cache of it. A restarted coordinator reloads a job on its next event.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use starkscale_cairo::certificate::Certificate;
@@ -41,6 +42,7 @@ use starkscale_common::messages::{
     unix_ms, JobProgress, JobRecord, JobResult, JobStatus, Keys, TaskEvent, TaskKind, TaskMsg,
     TaskOutcome, TaskRecord, TaskTiming, TileInputBlob,
 };
+use starkscale_common::metrics::{self, Stage};
 use starkscale_common::plan::{NodeSpec, DEFAULT_FAN_IN};
 use starkscale_common::store::{Store, StoreError};
 use starkscale_common::{JobLimits, JobSpec, TilePlan};
@@ -67,7 +69,13 @@ pub struct CoordinatorConfig {
     /// Children per reduce node: a job of up to this many tiles is reduced by one proof.
     #[arg(long, env = "STARKSCALE_FAN_IN", default_value_t = DEFAULT_FAN_IN)]
     pub fan_in: usize,
+    /// Where `starkscale coordinator` serves /metrics, /healthz and /readyz.
+    #[arg(long, env = "STARKSCALE_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
 }
+
+/// The coordinator's metrics endpoint unless configured otherwise (workers use 9465).
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9464";
 
 impl CoordinatorConfig {
     /// Defaults for a fleet at `fleet`.
@@ -79,6 +87,7 @@ impl CoordinatorConfig {
             allow_test_profile: false,
             max_job_bytes: 64 << 20,
             fan_in: DEFAULT_FAN_IN,
+            metrics_addr: SocketAddr::from(([0, 0, 0, 0], 9464)),
         }
     }
 }
@@ -137,6 +146,7 @@ pub async fn serve<B: Broker, S: Store>(
             delivery = jobs.next() => coordinator.on_request(delivery?).await?,
             delivery = events.next() => coordinator.on_event(delivery?).await?,
         }
+        metrics::jobs_running(coordinator.jobs.len());
     }
 }
 
@@ -326,6 +336,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             }
             return Ok(delivery.ack().await?);
         }
+        metrics::job_submitted();
         match self
             .plan(&job_id, &spec, delivery.reply_to.clone(), received)
             .await
@@ -441,6 +452,10 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         if !inputs.is_empty() {
             self.store.put_all(inputs, self.ttl()).await?;
         }
+        for kind in [TaskKind::Map, TaskKind::Reduce] {
+            let count = ready.iter().filter(|&&t| job.kind(t) == kind).count();
+            metrics::tasks_published(kind, count);
+        }
         let bodies: Vec<Vec<u8>> = ready
             .iter()
             .map(|&task| {
@@ -525,6 +540,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         reason: &str,
     ) -> Result<(), CoordinatorError> {
         warn!(job = %job_id, %reason, "rejecting job");
+        metrics::job_completed(JobStatus::Failed, None);
         let result = JobResult {
             job_id: job_id.to_string(),
             status: JobStatus::Failed,
@@ -619,6 +635,10 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return Ok(());
         };
+        let kind = job.kind(index);
+        if matches!(event.outcome, TaskOutcome::Proven { .. }) {
+            metrics::task_verified(kind, verdict.is_ok());
+        }
         match verdict {
             Ok(accepted) => {
                 job.tasks[index] = accepted;
@@ -646,6 +666,8 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 }
                 job.tasks[index].attempt = event.attempt + 1;
                 job.retries += 1;
+                metrics::task_retried(kind);
+                metrics::tasks_published(kind, 1);
                 let record = to_json(&job.tasks[index]);
                 self.store
                     .put_field(&tasks_key, &index.to_string(), &record, ttl)
@@ -653,7 +675,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 let task = TaskMsg {
                     job_id: job_id.to_string(),
                     task: index,
-                    kind: job.kind(index),
+                    kind,
                     attempt: event.attempt + 1,
                 };
                 let tasks = self.broker.topology().tasks();
@@ -692,10 +714,11 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             attempt: job.tasks[task].attempt,
         };
         let tasks = self.broker.topology().tasks();
-        Ok(self
-            .broker
+        self.broker
             .publish(&tasks, &to_json(&msg), &Headers::new(), None)
-            .await?)
+            .await?;
+        metrics::tasks_published(TaskKind::Reduce, 1);
+        Ok(())
     }
 
     /// Verifies a reported proof and that it states exactly the planned task: a tile at its
@@ -711,10 +734,14 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             return Ok(Err("job finished".into()));
         };
         let allow_test = self.config.allow_test_profile;
-        Ok(match job.node(event.task) {
+        let started = Instant::now();
+        let checked = match job.node(event.task) {
             None => check_tile(job, event.task, &proof, allow_test),
             Some(node) => check_node(job, node, &proof, allow_test),
-        })
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        metrics::stage(job.kind(event.task), Stage::Verify, seconds);
+        Ok(checked)
     }
 
     /// A cancel request: a running job ends now, with its keys freed.
@@ -794,6 +821,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             }
         }
         self.save_progress(job_id, &job, result.status).await?;
+        metrics::job_completed(result.status, Some(result.wall_s));
         let working = self
             .keys
             .working_set(job_id, job.tasks.len(), self.config.max_attempts);

@@ -17,8 +17,9 @@
 
 pub mod memory;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use starkscale_cairo::run::{run_reduce, DEFAULT_MAX_STEPS};
 use starkscale_cairo::tree::ReduceInput;
@@ -26,6 +27,7 @@ use starkscale_cairo::{run_map, KernelError, Profile, Prover, ProverInput, RunSt
 use starkscale_common::broker::{Broker, BrokerError, Delivery, Headers};
 use starkscale_common::config::FleetConfig;
 use starkscale_common::messages::{Keys, TaskEvent, TaskKind, TaskMsg, TaskOutcome, TileInputBlob};
+use starkscale_common::metrics::{self, Stage, TaskOutcomeLabel};
 use starkscale_common::store::{Store, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -52,7 +54,14 @@ pub struct WorkerConfig {
     /// `consumer_timeout` (30 minutes by default), which would otherwise close the channel.
     #[arg(long, env = "STARKSCALE_TASK_DEADLINE", default_value_t = 20 * 60)]
     pub task_deadline_s: u64,
+    /// Where `starkscale worker` serves /metrics, /healthz and /readyz; port 0 picks a free one
+    /// (several workers on one host each need their own).
+    #[arg(long, env = "STARKSCALE_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
 }
+
+/// The worker's metrics endpoint unless configured otherwise (the coordinator's is 9464).
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9465";
 
 impl WorkerConfig {
     /// Defaults for a fleet at `fleet`, proving at `profile`.
@@ -64,6 +73,7 @@ impl WorkerConfig {
             result_ttl_s: 24 * 3600,
             max_steps: DEFAULT_MAX_STEPS,
             task_deadline_s: 20 * 60,
+            metrics_addr: SocketAddr::from(([0, 0, 0, 0], 9465)),
         }
     }
 }
@@ -179,6 +189,14 @@ impl Work {
         }
     }
 
+    /// Matrix multiply-adds the task proves (none for a reduce node).
+    fn macs(&self) -> u64 {
+        match self {
+            Work::Map(tile) => (tile.rows() * tile.cols()) as u64,
+            Work::Reduce(_) => 0,
+        }
+    }
+
     /// Runs the task's program; what to prove and what the run cost.
     fn run(self, max_steps: usize) -> Result<(ProverInput, RunStats), KernelError> {
         match self {
@@ -202,9 +220,17 @@ impl<B: Broker, S: Store> Worker<B, S> {
                 return Ok(self.broker.dead_letter(delivery, &tasks, &reason).await?);
             }
         };
+        let in_flight = metrics::task_in_flight();
         let mut abandoned = None;
         match self.prove(&task, &mut abandoned).await {
             Ok(outcome) => {
+                let label = match &outcome {
+                    TaskOutcome::Proven { .. } => TaskOutcomeLabel::Proven,
+                    TaskOutcome::Failed {
+                        permanent: true, ..
+                    } => TaskOutcomeLabel::Failed,
+                    TaskOutcome::Failed { .. } => TaskOutcomeLabel::Retryable,
+                };
                 let event = TaskEvent {
                     job_id: task.job_id.clone(),
                     task: task.task,
@@ -218,12 +244,15 @@ impl<B: Broker, S: Store> Worker<B, S> {
                     .publish(&events, &body, &Headers::new(), None)
                     .await?;
                 delivery.ack().await?;
+                metrics::task_handled(task.kind, label);
             }
             Err(transient) => {
                 warn!(job = %task.job_id, task = task.task, error = %transient, "requeueing");
                 delivery.nack(true).await?;
+                metrics::task_handled(task.kind, TaskOutcomeLabel::Requeued);
             }
         }
+        drop(in_flight);
         // A proof past its deadline still holds the cores: let it end before the next task.
         if let Some(proof) = abandoned {
             let _ = proof.await;
@@ -251,6 +280,7 @@ impl<B: Broker, S: Store> Worker<B, S> {
             Ok(work) => work,
             Err(e) => return Ok(failed(format!("bad task input: {e}"))),
         };
+        let macs = work.macs();
         let prover = self.prover.clone();
         let max_steps = self.max_steps;
         memory::reset_peak_rss();
@@ -279,14 +309,21 @@ impl<B: Broker, S: Store> Worker<B, S> {
             }
             Err(join) => return Ok(failed(format!("proving panicked: {join}"))),
         };
+        let peak_rss_bytes = memory::peak_rss_bytes();
         let key = self.keys.proof(&task.job_id, task.task, task.attempt);
+        let started = Instant::now();
         self.store.put(&key, &proof, self.ttl).await?;
+        let run_s = stats.run_s + stats.adapt_s;
+        metrics::stage(task.kind, Stage::Execute, run_s);
+        metrics::stage(task.kind, Stage::Prove, prove_s);
+        metrics::stage(task.kind, Stage::Store, started.elapsed().as_secs_f64());
+        metrics::task_proven(task.kind, stats.steps, macs, proof.len(), peak_rss_bytes);
         Ok(TaskOutcome::Proven {
             steps: stats.steps,
-            run_s: stats.run_s + stats.adapt_s,
+            run_s,
             prove_s,
             proof_bytes: proof.len(),
-            peak_rss_bytes: memory::peak_rss_bytes(),
+            peak_rss_bytes,
         })
     }
 }

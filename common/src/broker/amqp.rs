@@ -3,9 +3,11 @@
 //! Quorum work queues with an explicit `x-delivery-limit` and a dead-letter exchange; persistent
 //! messages; every publish is `mandatory` and waits for its publisher confirm, so a nack or a
 //! returned (unroutable) message is an error; consumers set their prefetch before consuming.
-//! Every process declares the whole topology on connect (idempotent).
+//! Every process declares the whole topology on connect (idempotent). Publishes (through their
+//! confirm), acks and nacks are timed into `starkscale_amqp_op_duration_seconds`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::future::try_join_all;
 use futures_util::StreamExt;
@@ -18,6 +20,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm,
 };
+
+use crate::metrics;
 
 use super::{
     AckFuture, Acker, Broker, BrokerError, Consumer, Delivery, Headers, Topology, DELIVERY_LIMIT,
@@ -84,21 +88,24 @@ struct AmqpAcker(lapin::Acker);
 impl Acker for AmqpAcker {
     fn ack(self: Box<Self>) -> AckFuture {
         Box::pin(async move {
-            self.0
-                .ack(BasicAckOptions::default())
-                .await
+            let started = Instant::now();
+            let acked = self.0.ack(BasicAckOptions::default()).await;
+            metrics::amqp_op("ack", started.elapsed());
+            acked
                 .map(|_| ())
                 .map_err(|e| BrokerError::Ack(e.to_string()))
         })
     }
     fn nack(self: Box<Self>, requeue: bool) -> AckFuture {
         Box::pin(async move {
-            self.0
-                .nack(BasicNackOptions {
-                    requeue,
-                    ..BasicNackOptions::default()
-                })
-                .await
+            let started = Instant::now();
+            let options = BasicNackOptions {
+                requeue,
+                ..BasicNackOptions::default()
+            };
+            let nacked = self.0.nack(options).await;
+            metrics::amqp_op("nack", started.elapsed());
+            nacked
                 .map(|_| ())
                 .map_err(|e| BrokerError::Ack(e.to_string()))
         })
@@ -295,10 +302,13 @@ impl AmqpBroker {
         headers: &Headers,
         reply_to: Option<&str>,
     ) -> Result<(), BrokerError> {
+        let started = Instant::now();
         let confirm = self
             .start_publish(exchange, routing_key, body, headers, reply_to)
             .await?;
-        Self::await_confirm(confirm, routing_key).await
+        let confirmed = Self::await_confirm(confirm, routing_key).await;
+        metrics::amqp_op("publish", started.elapsed());
+        confirmed
     }
 
     async fn consumer_on(
@@ -380,12 +390,14 @@ impl Broker for AmqpBroker {
 
     async fn publish_all(&self, queue: &str, bodies: &[Vec<u8>]) -> Result<(), BrokerError> {
         // Confirms are awaited together: one round trip for the batch instead of one per task.
+        let started = Instant::now();
         let headers = Headers::new();
         let mut confirms = Vec::with_capacity(bodies.len());
         for body in bodies {
             confirms.push(self.start_publish("", queue, body, &headers, None).await?);
         }
         try_join_all(confirms.into_iter().map(|c| Self::await_confirm(c, queue))).await?;
+        metrics::amqp_op("publish_batch", started.elapsed());
         Ok(())
     }
 

@@ -231,7 +231,9 @@ pub trait Broker: Clone + Send + Sync + 'static {
             headers.insert(SOURCE_QUEUE_HEADER.into(), source_queue.into());
             self.publish(&self.topology().dead(), &delivery.body, &headers, None)
                 .await?;
-            delivery.ack().await
+            delivery.ack().await?;
+            crate::metrics::dead_lettered(source_queue);
+            Ok(())
         }
     }
 }

@@ -1,11 +1,14 @@
-//! [`Store`] over Redis, through a connection manager that reconnects by itself.
+//! [`Store`] over Redis, through a connection manager that reconnects by itself. Every round
+//! trip is timed into `starkscale_redis_op_duration_seconds`.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
 use super::{ttl_secs, Store, StoreError};
+use crate::metrics;
 
 /// A Redis connection that reconnects by itself. Clones share it.
 #[derive(Clone)]
@@ -27,6 +30,14 @@ fn err<'k>(op: &'static str, key: &'k str) -> impl Fn(redis::RedisError) -> Stor
     }
 }
 
+/// Runs one Redis round trip, recording its latency under `op` (whatever its result).
+async fn timed<T>(op: &'static str, call: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let result = call.await;
+    metrics::redis_op(op, started.elapsed());
+    result
+}
+
 impl RedisStore {
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(err("connect", url))?;
@@ -40,12 +51,12 @@ impl RedisStore {
 impl Store for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut conn = self.conn.clone();
-        conn.get(key).await.map_err(err("GET", key))
+        timed("get", conn.get(key)).await.map_err(err("GET", key))
     }
 
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        conn.set_ex::<_, _, ()>(key, value, ttl_secs(ttl))
+        timed("set", conn.set_ex::<_, _, ()>(key, value, ttl_secs(ttl)))
             .await
             .map_err(err("SET", key))
     }
@@ -64,7 +75,7 @@ impl Store for RedisStore {
             pipe.set_ex(key, value, ttl_secs(ttl)).ignore();
         }
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
+        timed("set_many", pipe.query_async::<()>(&mut conn))
             .await
             .map_err(err("SET (pipelined)", &first))
     }
@@ -76,13 +87,13 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        let reply: Option<String> = redis::cmd("SET")
-            .arg(key)
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
             .arg(value)
             .arg("NX")
             .arg("EX")
-            .arg(ttl_secs(ttl))
-            .query_async(&mut conn)
+            .arg(ttl_secs(ttl));
+        let reply: Option<String> = timed("set_nx", cmd.query_async(&mut conn))
             .await
             .map_err(err("SET NX", key))?;
         Ok(reply.is_some())
@@ -96,25 +107,27 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .hset(key, field, value)
             .ignore()
             .expire(key, ttl_secs(ttl) as i64)
-            .ignore()
-            .query_async::<()>(&mut conn)
+            .ignore();
+        timed("hset", pipe.query_async::<()>(&mut conn))
             .await
             .map_err(err("HSET", key))
     }
 
     async fn fields(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut conn = self.conn.clone();
-        conn.hgetall(key).await.map_err(err("HGETALL", key))
+        timed("hgetall", conn.hgetall(key))
+            .await
+            .map_err(err("HGETALL", key))
     }
 
     async fn ttl(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let mut conn = self.conn.clone();
-        let secs: i64 = conn.ttl(key).await.map_err(err("TTL", key))?;
+        let secs: i64 = timed("ttl", conn.ttl(key)).await.map_err(err("TTL", key))?;
         Ok(u64::try_from(secs).ok())
     }
 
@@ -123,6 +136,8 @@ impl Store for RedisStore {
             return Ok(0);
         }
         let mut conn = self.conn.clone();
-        conn.del(keys).await.map_err(err("DEL", &keys[0]))
+        timed("del", conn.del(keys))
+            .await
+            .map_err(err("DEL", &keys[0]))
     }
 }

@@ -1,0 +1,111 @@
+//! What the process-level tests share: `starkscale` service processes and commands under a
+//! test's own prefix, and cleaning up after them.
+
+#![allow(dead_code)] // each test file uses part of this
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `starkscale` service process, killed if the test ends without stopping it.
+pub struct Service(pub Child);
+
+impl Service {
+    /// Starts `starkscale ARGS` under `prefix`, with its metrics endpoint on a free port (tests
+    /// run side by side) unless `args` names one.
+    pub fn start(args: &[&str], prefix: &str) -> Service {
+        let child = Command::new(env!("CARGO_BIN_EXE_starkscale"))
+            .args(args)
+            .env("STARKSCALE_PREFIX", prefix)
+            .env("STARKSCALE_METRICS_ADDR", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Service(child)
+    }
+
+    /// SIGTERM, then the exit status within `limit`.
+    pub fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "did not exit within {limit:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+/// Runs one `starkscale` command under `prefix`.
+pub fn starkscale(args: &[&str], prefix: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_starkscale"))
+        .args(args)
+        .env("STARKSCALE_PREFIX", prefix)
+        .output()
+        .unwrap()
+}
+
+/// Deletes the queues of `prefix` and the keys of `jobs`.
+pub fn clean_up(prefix: &str, jobs: &[&str]) {
+    use starkscale_common::broker::{AmqpBroker, Topology};
+    use starkscale_common::messages::Keys;
+    use starkscale_common::store::{RedisStore, Store};
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let broker = AmqpBroker::connect(
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            Topology::new(prefix),
+        )
+        .await
+        .unwrap();
+        broker.delete_topology().await.unwrap();
+        let store = RedisStore::connect("redis://127.0.0.1:6379/")
+            .await
+            .unwrap();
+        let keys = Keys::new(prefix);
+        let all: Vec<String> = jobs
+            .iter()
+            .flat_map(|j| {
+                let mut all = keys.working_set(j, 8, 3);
+                all.extend([keys.result(j), keys.certificate(j), keys.progress(j)]);
+                all
+            })
+            .collect();
+        store.delete(&all).await.unwrap();
+    });
+}
+
+/// `binary`, installing Debian's `package` first when it is missing (CI starts from a bare
+/// machine; installing needs root).
+pub fn debian_binary(package: &str, binary: &str) -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(binary);
+    if !path.exists() {
+        let installed = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}"
+            ))
+            .status()
+            .unwrap();
+        assert!(installed.success(), "installing Debian's {package} failed");
+    }
+    assert!(
+        path.exists(),
+        "{binary} is missing after installing {package}"
+    );
+    path
+}
