@@ -60,37 +60,19 @@ fn assert_fails(out: Output, what: &str, naming: &str) {
 /// A venv with the Python validators (pinned), made once (the tests run side by side).
 fn python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(make_venv).clone()
-}
-
-fn make_venv() -> PathBuf {
-    let venv = cache("ops-venv");
-    let python = venv.join("bin/python");
-    let ready = |python: &Path| {
-        Command::new(python)
-            .args(["-c", "import yaml, check_jsonschema, kubernetes_validate"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ready(&python) {
-        assert_passes(
-            run(Command::new("python3").args(["-m", "venv"]).arg(&venv)),
-            "python3 -m venv",
-        );
-        assert_passes(
-            run(Command::new(venv.join("bin/pip")).args([
-                "install",
-                "--quiet",
-                "check-jsonschema==0.39.0",
-                "kubernetes-validate==1.37.0",
-                "PyYAML==6.0.2",
-            ])),
-            "pip install",
-        );
-    }
-    assert!(ready(&python));
-    python
+    PYTHON
+        .get_or_init(|| {
+            support::python_venv(
+                "ops-venv",
+                "yaml, check_jsonschema, kubernetes_validate",
+                &[
+                    "check-jsonschema==0.39.0",
+                    "kubernetes-validate==1.37.0",
+                    "PyYAML==6.0.2",
+                ],
+            )
+        })
+        .clone()
 }
 
 /// node_modules with KEDA's schemas and a YAML parser (pinned), installed once.

@@ -9,7 +9,7 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{clean_up, starkscale, Service};
+use support::{clean_up, native_y, starkscale, Service};
 
 #[test]
 fn submit_wait_result_and_sigterm() {
@@ -30,21 +30,9 @@ fn submit_wait_result_and_sigterm() {
     );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(job).unwrap()).unwrap();
-    let a = spec["a"]["inline"].as_array().unwrap();
     let x = spec["x"]["inline"].as_array().unwrap();
-    let native: Vec<i64> = a
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .zip(x)
-                .map(|(a, x)| a.as_i64().unwrap() * x.as_i64().unwrap())
-                .sum()
-        })
-        .collect();
     assert_eq!(result["status"], "succeeded");
-    assert_eq!(result["y"], serde_json::json!(native));
+    assert_eq!(result["y"], native_y(&spec));
 
     // The embedded mode gives the same y, and writes ./<job-id>.cert.
     let here = tempfile::tempdir().unwrap();

@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use starkscale_common::metrics::{label_values, MetricType, Role, CATALOG};
-use support::{clean_up, debian_binary, starkscale, Service};
+use support::{clean_up, debian_binary, native_y, starkscale, Service};
 
 /// RabbitMQ's Prometheus plugin.
 const RABBITMQ_PROMETHEUS_PORT: u16 = 15692;
@@ -452,6 +452,7 @@ fn prometheus_scrapes_a_live_fleet_and_every_dashboard_query_returns_data() {
     );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["status"], "succeeded");
+    assert_eq!(result["y"], native_y(&job));
     let bad_path = dir.path().join("bad.json");
     std::fs::write(
         &bad_path,

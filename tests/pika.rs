@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -18,30 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A Python with pika installed.
 fn python_with_pika() -> PathBuf {
-    let home = std::env::var("HOME").unwrap();
-    let venv = PathBuf::from(home).join(".cache/starkscale/pika-venv");
-    let python = venv.join("bin/python");
-    let has_pika = |python: &PathBuf| {
-        Command::new(python)
-            .args(["-c", "import pika"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has_pika(&python) {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .unwrap();
-        assert!(made.success(), "python3 -m venv failed");
-        let installed = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "pika==1.3.2"])
-            .status()
-            .unwrap();
-        assert!(installed.success(), "pip install pika failed");
-    }
-    assert!(has_pika(&python));
-    python
+    support::python_venv("pika-venv", "pika", &["pika==1.3.2"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,23 +63,9 @@ async fn a_pika_client_submits_a_job_and_gets_its_result() {
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
     let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(job).unwrap()).unwrap();
-    let x = spec["x"]["inline"].as_array().unwrap();
-    let native: Vec<i64> = spec["a"]["inline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .zip(x)
-                .map(|(a, x)| a.as_i64().unwrap() * x.as_i64().unwrap())
-                .sum()
-        })
-        .collect();
     assert_eq!(result["job_id"], spec["job_id"]);
     assert_eq!(result["status"], "succeeded");
-    assert_eq!(result["y"], serde_json::json!(native));
+    assert_eq!(result["y"], support::native_y(&spec));
 
     shutdown.cancel();
     coordinator.await.unwrap();

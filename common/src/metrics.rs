@@ -11,7 +11,7 @@
 //! Until [`install`] runs, recording is a no-op: the embedded mode and in-process tests pay
 //! nothing for it.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::messages::{JobStatus, TaskKind};
+use crate::messages::{JobStatus, TaskKind, TaskOutcome};
 
 pub const JOBS_SUBMITTED: &str = "starkscale_jobs_submitted_total";
 pub const JOBS_COMPLETED: &str = "starkscale_jobs_completed_total";
@@ -258,6 +258,16 @@ pub enum MetricsError {
     },
 }
 
+/// The coordinator's metrics port unless configured otherwise.
+pub const COORDINATOR_PORT: u16 = 9464;
+/// A worker's metrics port unless configured otherwise (one host running both needs two).
+pub const WORKER_PORT: u16 = 9465;
+
+/// `port` on every interface: where a service serves its metrics by default.
+pub fn on_all_interfaces(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+}
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static CONNECTED: AtomicBool = AtomicBool::new(false);
 
@@ -416,6 +426,17 @@ pub enum TaskOutcomeLabel {
 }
 
 impl TaskOutcomeLabel {
+    /// How a reported outcome counts.
+    pub fn of(outcome: &TaskOutcome) -> TaskOutcomeLabel {
+        match outcome {
+            TaskOutcome::Proven { .. } => TaskOutcomeLabel::Proven,
+            TaskOutcome::Failed {
+                permanent: true, ..
+            } => TaskOutcomeLabel::Failed,
+            TaskOutcome::Failed { .. } => TaskOutcomeLabel::Retryable,
+        }
+    }
+
     pub const ALL: [TaskOutcomeLabel; 4] = [
         TaskOutcomeLabel::Proven,
         TaskOutcomeLabel::Failed,

@@ -70,12 +70,13 @@ pub struct CoordinatorConfig {
     #[arg(long, env = "STARKSCALE_FAN_IN", default_value_t = DEFAULT_FAN_IN)]
     pub fan_in: usize,
     /// Where `starkscale coordinator` serves /metrics, /healthz and /readyz.
-    #[arg(long, env = "STARKSCALE_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    #[arg(
+        long,
+        env = "STARKSCALE_METRICS_ADDR",
+        default_value_t = metrics::on_all_interfaces(metrics::COORDINATOR_PORT)
+    )]
     pub metrics_addr: SocketAddr,
 }
-
-/// The coordinator's metrics endpoint unless configured otherwise (workers use 9465).
-pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9464";
 
 impl CoordinatorConfig {
     /// Defaults for a fleet at `fleet`.
@@ -87,7 +88,7 @@ impl CoordinatorConfig {
             allow_test_profile: false,
             max_job_bytes: 64 << 20,
             fan_in: DEFAULT_FAN_IN,
-            metrics_addr: SocketAddr::from(([0, 0, 0, 0], 9464)),
+            metrics_addr: metrics::on_all_interfaces(metrics::COORDINATOR_PORT),
         }
     }
 }
@@ -452,10 +453,6 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         if !inputs.is_empty() {
             self.store.put_all(inputs, self.ttl()).await?;
         }
-        for kind in [TaskKind::Map, TaskKind::Reduce] {
-            let count = ready.iter().filter(|&&t| job.kind(t) == kind).count();
-            metrics::tasks_published(kind, count);
-        }
         let bodies: Vec<Vec<u8>> = ready
             .iter()
             .map(|&task| {
@@ -467,10 +464,14 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 })
             })
             .collect();
-        Ok(self
-            .broker
+        self.broker
             .publish_all(&self.broker.topology().tasks(), &bodies)
-            .await?)
+            .await?;
+        for kind in [TaskKind::Map, TaskKind::Reduce] {
+            let count = ready.iter().filter(|&&t| job.kind(t) == kind).count();
+            metrics::tasks_published(kind, count);
+        }
+        Ok(())
     }
 
     async fn save_progress(
@@ -667,21 +668,17 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 job.tasks[index].attempt = event.attempt + 1;
                 job.retries += 1;
                 metrics::task_retried(kind);
-                metrics::tasks_published(kind, 1);
                 let record = to_json(&job.tasks[index]);
                 self.store
                     .put_field(&tasks_key, &index.to_string(), &record, ttl)
                     .await?;
-                let task = TaskMsg {
+                self.publish_task(TaskMsg {
                     job_id: job_id.to_string(),
                     task: index,
                     kind,
                     attempt: event.attempt + 1,
-                };
-                let tasks = self.broker.topology().tasks();
-                self.broker
-                    .publish(&tasks, &to_json(&task), &Headers::new(), None)
-                    .await?;
+                })
+                .await?;
             }
         }
         if let Some(job) = self.jobs.get(job_id) {
@@ -707,17 +704,22 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 self.ttl(),
             )
             .await?;
-        let msg = TaskMsg {
+        self.publish_task(TaskMsg {
             job_id: job_id.to_string(),
             task,
             kind: TaskKind::Reduce,
             attempt: job.tasks[task].attempt,
-        };
+        })
+        .await
+    }
+
+    /// Publishes one task (a ready node, or a task's next attempt).
+    async fn publish_task(&self, msg: TaskMsg) -> Result<(), CoordinatorError> {
         let tasks = self.broker.topology().tasks();
         self.broker
             .publish(&tasks, &to_json(&msg), &Headers::new(), None)
             .await?;
-        metrics::tasks_published(TaskKind::Reduce, 1);
+        metrics::tasks_published(msg.kind, 1);
         Ok(())
     }
 

@@ -109,3 +109,59 @@ pub fn debian_binary(package: &str, binary: &str) -> std::path::PathBuf {
     );
     path
 }
+
+/// y = A·x computed natively from a job spec with inline A and x: what a result must state.
+pub fn native_y(spec: &serde_json::Value) -> serde_json::Value {
+    let x = spec["x"]["inline"].as_array().unwrap();
+    let y: Vec<i64> = spec["a"]["inline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .zip(x)
+                .map(|(a, x)| a.as_i64().unwrap() * x.as_i64().unwrap())
+                .sum()
+        })
+        .collect();
+    serde_json::json!(y)
+}
+
+/// The Python of a venv under `~/.cache/starkscale/<name>` that can `import <modules>`, made
+/// and filled with the pinned `packages` when it cannot.
+pub fn python_venv(name: &str, modules: &str, packages: &[&str]) -> std::path::PathBuf {
+    let home = std::env::var("HOME").unwrap();
+    let venv = std::path::PathBuf::from(home)
+        .join(".cache/starkscale")
+        .join(name);
+    let python = venv.join("bin/python");
+    let ready = |python: &std::path::Path| {
+        Command::new(python)
+            .args(["-c", &format!("import {modules}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready(&python) {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap();
+        assert!(made.success(), "python3 -m venv {} failed", venv.display());
+        let installed = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet"])
+            .args(packages)
+            .status()
+            .unwrap();
+        assert!(installed.success(), "pip install {packages:?} failed");
+    }
+    assert!(
+        ready(&python),
+        "{} cannot import {modules}",
+        python.display()
+    );
+    python
+}

@@ -56,12 +56,13 @@ pub struct WorkerConfig {
     pub task_deadline_s: u64,
     /// Where `starkscale worker` serves /metrics, /healthz and /readyz; port 0 picks a free one
     /// (several workers on one host each need their own).
-    #[arg(long, env = "STARKSCALE_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    #[arg(
+        long,
+        env = "STARKSCALE_METRICS_ADDR",
+        default_value_t = metrics::on_all_interfaces(metrics::WORKER_PORT)
+    )]
     pub metrics_addr: SocketAddr,
 }
-
-/// The worker's metrics endpoint unless configured otherwise (the coordinator's is 9464).
-pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9465";
 
 impl WorkerConfig {
     /// Defaults for a fleet at `fleet`, proving at `profile`.
@@ -73,7 +74,7 @@ impl WorkerConfig {
             result_ttl_s: 24 * 3600,
             max_steps: DEFAULT_MAX_STEPS,
             task_deadline_s: 20 * 60,
-            metrics_addr: SocketAddr::from(([0, 0, 0, 0], 9465)),
+            metrics_addr: metrics::on_all_interfaces(metrics::WORKER_PORT),
         }
     }
 }
@@ -224,13 +225,7 @@ impl<B: Broker, S: Store> Worker<B, S> {
         let mut abandoned = None;
         match self.prove(&task, &mut abandoned).await {
             Ok(outcome) => {
-                let label = match &outcome {
-                    TaskOutcome::Proven { .. } => TaskOutcomeLabel::Proven,
-                    TaskOutcome::Failed {
-                        permanent: true, ..
-                    } => TaskOutcomeLabel::Failed,
-                    TaskOutcome::Failed { .. } => TaskOutcomeLabel::Retryable,
-                };
+                let label = TaskOutcomeLabel::of(&outcome);
                 let event = TaskEvent {
                     job_id: task.job_id.clone(),
                     task: task.task,
