@@ -463,3 +463,69 @@ pub async fn plan(args: PlanArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Open jobs in the store when the pass starts.
+    #[arg(long, default_value_t = 1_000)]
+    jobs: usize,
+    /// Tiles per job.
+    #[arg(long, default_value_t = 4)]
+    tiles: usize,
+    /// Passes to time.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    #[arg(long)]
+    json: bool,
+    /// RabbitMQ and Redis to run on (queues and keys get a unique prefix, removed afterwards).
+    #[command(flatten)]
+    fleet: FleetConfig,
+}
+
+#[derive(Debug, Serialize)]
+struct ReconcileReport {
+    jobs: usize,
+    tasks_per_job: usize,
+    pass_s: f64,
+}
+
+/// One full reconcile pass (what a restarted coordinator does before serving) over many open
+/// jobs in Redis.
+pub async fn reconcile(args: ReconcileArgs) -> Result<()> {
+    let fleet = bench_prefix(&args.fleet, "reconcile");
+    let topology = Topology::new(fleet.prefix.clone());
+    let broker = AmqpBroker::connect(&fleet.amqp_url, topology).await?;
+    let store = RedisStore::connect(&fleet.redis_url).await?;
+    let config = CoordinatorConfig::new(fleet.clone());
+    let outcome = async {
+        for _ in 0..args.repeat.max(1) {
+            let pass = starkscale_coordinator::bench_reconcile(
+                broker.clone(),
+                store.clone(),
+                &config,
+                args.jobs,
+                args.tiles,
+            )
+            .await?;
+            let tasks_per_job =
+                starkscale_common::TilePlan::new(args.tiles * 2, TILE_COLS, 2).len() + 1;
+            let report = ReconcileReport {
+                jobs: args.jobs,
+                tasks_per_job,
+                pass_s: pass.as_secs_f64(),
+            };
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "reconcile: {} open jobs of {} tasks in {:.3} s",
+                    report.jobs, report.tasks_per_job, report.pass_s
+                );
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    broker.delete_topology().await?;
+    outcome
+}

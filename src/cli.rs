@@ -164,6 +164,8 @@ enum BenchCommand {
     Fleet(bench::FleetArgs),
     /// Time the coordinator planning and publishing a job of many tiles.
     Plan(bench::PlanArgs),
+    /// Time one full reconcile pass over many open jobs in Redis.
+    Reconcile(bench::ReconcileArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -177,6 +179,7 @@ pub fn main() -> ExitCode {
         Command::Bench(BenchCommand::Kernel(args)) => bench::kernel(args),
         Command::Bench(BenchCommand::Fleet(args)) => serve(|_| bench::fleet(args)),
         Command::Bench(BenchCommand::Plan(args)) => serve(|_| bench::plan(args)),
+        Command::Bench(BenchCommand::Reconcile(args)) => serve(|_| bench::reconcile(args)),
         Command::Worker(config) => serve(|shutdown| async move {
             serve_metrics(metrics::Role::Worker, config.metrics_addr).await?;
             Ok(starkscale_worker::run(config, shutdown).await?)

@@ -197,18 +197,30 @@ async fn wait_for_result<S: Store>(
     bar.set_message(job_id.to_string());
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // The results exchange answers first; the stored result is read too, so that a result
+    // published while this client was reconnecting, or before it subscribed, is not missed.
+    let mut listening = true;
     let result = loop {
         tokio::select! {
-            delivery = results.next() => {
-                let delivery = delivery?;
-                let body = delivery.body.clone();
-                delivery.ack().await?;
-                break serde_json::from_slice::<JobResult>(&body).context("decoding the result")?;
-            }
+            delivery = results.next(), if listening => match delivery {
+                Ok(delivery) => {
+                    let body = delivery.body.clone();
+                    delivery.ack().await?;
+                    break serde_json::from_slice::<JobResult>(&body)
+                        .context("decoding the result")?;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "lost the results subscription; reading the stored result");
+                    listening = false;
+                }
+            },
             _ = tick.tick() => {
                 if timeout.is_some_and(|t| started.elapsed() > t) {
                     bar.abandon();
                     bail!("timed out waiting for the result of {job_id}");
+                }
+                if let Some(result) = read_result(store, keys, job_id, !listening).await? {
+                    break result;
                 }
                 if let Some(progress) = read_progress(store, keys, job_id).await? {
                     bar.set_length(progress.tasks as u64);
@@ -219,6 +231,30 @@ async fn wait_for_result<S: Store>(
     };
     bar.finish_and_clear();
     Ok(result)
+}
+
+/// The stored result of a job that ended, once its progress says so. A result with no progress
+/// beside it is a refusal — maybe of an earlier submission of the same id, so it is taken only
+/// when `unclaimed` says this client can no longer hear its own refusal published.
+async fn read_result<S: Store>(
+    store: &S,
+    keys: &Keys,
+    job_id: &str,
+    unclaimed: bool,
+) -> Result<Option<JobResult>> {
+    let ended = match read_progress(store, keys, job_id).await? {
+        Some(progress) => progress.status.is_final(),
+        None => unclaimed,
+    };
+    if !ended {
+        return Ok(None);
+    }
+    let Some(bytes) = store.get(&keys.result(job_id)).await? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        serde_json::from_slice(&bytes).context("decoding the stored result")?,
+    ))
 }
 
 async fn read_progress<S: Store>(
@@ -306,12 +342,34 @@ pub async fn status(args: JobIdArgs) -> Result<()> {
     let store = RedisStore::connect(&args.fleet.redis_url).await?;
     let keys = Keys::new(args.fleet.prefix.clone());
     let Some(progress) = read_progress(&store, &keys, &args.job_id).await? else {
+        // A refused job keeps only its result (its id is free to be submitted again).
+        if let Some(bytes) = store.get(&keys.result(&args.job_id)).await? {
+            let result: JobResult =
+                serde_json::from_slice(&bytes).context("decoding the stored result")?;
+            println!("{}", serde_json::to_string(&result)?);
+            eprintln!(
+                "{}: {}: {}",
+                result.job_id,
+                result.status.name(),
+                result.error.as_deref().unwrap_or("")
+            );
+            return Ok(());
+        }
         bail!("no job {} (unknown, or expired)", args.job_id);
     };
     println!("{}", serde_json::to_string(&progress)?);
     eprintln!(
-        "{}: {:?}, {}/{} tasks proven (tiles and reduce nodes), {} retries",
-        progress.job_id, progress.status, progress.proven, progress.tasks, progress.retries
+        "{}: {}, {}/{} tasks proven (tiles and reduce nodes), {} retries{}",
+        progress.job_id,
+        progress.status.name(),
+        progress.proven,
+        progress.tasks,
+        progress.retries,
+        progress
+            .ending
+            .and_then(|e| e.error)
+            .map(|e| format!("; {e}"))
+            .unwrap_or_default()
     );
     Ok(())
 }

@@ -61,6 +61,8 @@ def compose(path):
     command = " ".join(map(str, services.get("redis", {}).get("command", [])))
     need("--maxmemory " in command, "compose: redis has no maxmemory")
     need("--maxmemory-policy noeviction" in command, "compose: redis may evict keys")
+    need("--appendonly yes" in command, "compose: redis keeps no append-only file")
+    need("--appendfsync everysec" in command, "compose: redis does not fsync its AOF every second")
 
 
 def seconds(duration):
@@ -95,6 +97,14 @@ def kubernetes(directory):
                     not re.search(r"URL|PASSWORD", env["name"]) or "valueFrom" in env,
                     f"k8s: {name} sets {env['name']} inline instead of from a Secret",
                 )
+    redis = [d for d in by_kind.get("StatefulSet", []) if d["metadata"]["name"] == "starkscale-redis"]
+    need(len(redis) == 1, "k8s: no starkscale-redis StatefulSet")
+    for statefulset in redis:
+        container = statefulset["spec"]["template"]["spec"]["containers"][0]
+        line = " ".join(container.get("command", []) + container.get("args", []))
+        for flag in ("--maxmemory-policy noeviction", "--appendonly yes", "--appendfsync everysec"):
+            need(flag in line, f"k8s: redis runs without {flag}")
+        need(statefulset["spec"].get("volumeClaimTemplates"), "k8s: redis keeps its AOF on no volume")
     if worker:
         spec = worker["spec"]["template"]["spec"]
         need(

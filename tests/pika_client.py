@@ -5,9 +5,11 @@ publisher confirms, mandatory) and reads the result from an exclusive queue boun
 `<prefix>.results` topic exchange with the job id as routing key.
 
 usage: pika_client.py PREFIX JOB_FILE [TIMEOUT_S]   (prints the result JSON)
+RabbitMQ is STARKSCALE_AMQP_URL (default: guest on loopback).
 """
 
 import json
+import os
 import sys
 
 import pika
@@ -20,7 +22,8 @@ def main() -> int:
         body = f.read()
     job_id = json.loads(body)["job_id"]
 
-    params = pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2f")
+    url = os.environ.get("STARKSCALE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+    params = pika.URLParameters(url)
     connection = pika.BlockingConnection(params)
     channel = connection.channel()
     channel.confirm_delivery()

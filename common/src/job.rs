@@ -58,6 +58,12 @@ pub enum JobError {
     Limit(String),
     #[error("{what}: no input at Redis key {key:?} (not uploaded, or expired)")]
     MissingReference { what: &'static str, key: String },
+    #[error("{what}: cannot read Redis key {key:?}: {message}")]
+    BadReference {
+        what: &'static str,
+        key: String,
+        message: String,
+    },
     #[error("{what}: inputs by Redis key are read by the fleet, not here")]
     NotFetched { what: &'static str },
 }
@@ -140,11 +146,7 @@ impl JobSpec {
             return Err(JobError::SchemaVersion(self.schema_version));
         }
         if let Some(id) = &self.job_id {
-            let ok = (1..=64).contains(&id.len())
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-            if !ok {
+            if !is_valid_job_id(id) {
                 return Err(JobError::JobId(id.clone()));
             }
         }
@@ -260,6 +262,14 @@ impl VectorInput {
             VectorInput::RedisKey(r) | VectorInput::Path(r) => Some(r),
         }
     }
+}
+
+/// Whether `id` is a well-formed job id: 1-64 characters from `[A-Za-z0-9._-]`.
+pub fn is_valid_job_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Shape and size checks shared by inline and loaded inputs.

@@ -14,6 +14,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod faults;
 pub mod job;
 pub mod messages;
 pub mod metrics;

@@ -65,6 +65,9 @@ pub enum TaskOutcome {
     },
     /// The task cannot be proven. `permanent` failures (bad input, step limit) are not retried.
     Failed { reason: String, permanent: bool },
+    /// The task's input is not in the store (the job ended, or the store lost it). The
+    /// coordinator re-plans a running job whose inputs vanished.
+    InputMissing { key: String },
 }
 
 /// How a job ended. Published to the results exchange and stored at [`Keys::result`].
@@ -115,8 +118,13 @@ pub struct TaskTiming {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
+    /// Claimed; its inputs are being loaded and its tasks written.
+    Planning,
     /// Planned; tasks are being proven.
     Running,
+    /// Its outcome is decided (`JobProgress::ending`); the certificate and result are being
+    /// written and published.
+    Finishing,
     Succeeded,
     Failed,
     /// Stopped by a cancel request; its keys are freed.
@@ -124,14 +132,20 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Succeeded, failed or cancelled: the job will not change again.
     pub fn is_final(self) -> bool {
-        self != JobStatus::Running
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
 
     /// The status as JSON and metric labels spell it.
     pub fn name(self) -> &'static str {
         match self {
+            JobStatus::Planning => "planning",
             JobStatus::Running => "running",
+            JobStatus::Finishing => "finishing",
             JobStatus::Succeeded => "succeeded",
             JobStatus::Failed => "failed",
             JobStatus::Cancelled => "cancelled",
@@ -156,6 +170,40 @@ pub struct JobProgress {
     /// Seconds the coordinator took from receiving the job to all its tasks being published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_s: Option<f64>,
+    /// While finishing and once ended: the decided final status and why (for a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ending: Option<Ending>,
+}
+
+/// How a job ends, decided before its certificate and result are written, so that a coordinator
+/// that stops in between finishes it the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ending {
+    pub status: JobStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Ending {
+    pub fn succeeded() -> Ending {
+        Ending {
+            status: JobStatus::Succeeded,
+            error: None,
+        }
+    }
+    pub fn failed(error: impl Into<String>) -> Ending {
+        Ending {
+            status: JobStatus::Failed,
+            error: Some(error.into()),
+        }
+    }
+    pub fn cancelled() -> Ending {
+        Ending {
+            status: JobStatus::Cancelled,
+            error: Some("cancelled by request".into()),
+        }
+    }
 }
 
 /// What the coordinator needs to carry a job on, at [`Keys::plan`]: written once when the job is
@@ -194,6 +242,20 @@ pub struct TaskRecord {
     pub worker: String,
     #[serde(default)]
     pub peak_rss_bytes: u64,
+    /// When the current attempt was last published (confirmed by the broker); `None` while it
+    /// has not been, which is what the reconcile pass re-issues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_unix_ms: Option<u64>,
+    /// Not to be published before this time (a dead-lettered task backing off).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub not_before_unix_ms: u64,
+    /// Times the broker dead-lettered this task (its delivery limit ran out).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dead_letters: u32,
+}
+
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 impl Default for TaskRecord {
@@ -205,6 +267,9 @@ impl Default for TaskRecord {
             seconds: 0.0,
             worker: String::new(),
             peak_rss_bytes: 0,
+            published_unix_ms: None,
+            not_before_unix_ms: 0,
+            dead_letters: 0,
         }
     }
 }
@@ -256,6 +321,19 @@ impl Keys {
     pub fn certificate(&self, job_id: &str) -> String {
         format!("{}:job:{job_id}:certificate", self.prefix)
     }
+    /// The job message as the coordinator received it: what it re-plans the job from when the
+    /// store loses the job's inputs.
+    pub fn request(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}:request", self.prefix)
+    }
+    /// Hash of the jobs not yet ended (field = job id): what the reconcile pass walks.
+    pub fn open_jobs(&self) -> String {
+        format!("{}:jobs:open", self.prefix)
+    }
+    /// The lease that makes one coordinator the active one.
+    pub fn coordinator_lease(&self) -> String {
+        format!("{}:coordinator:lease", self.prefix)
+    }
     /// An input uploaded by `starkscale submit --upload`, named by its content digest.
     pub fn upload(&self, digest_hex: &str) -> String {
         format!("{}:input:{digest_hex}", self.prefix)
@@ -263,7 +341,11 @@ impl Keys {
     /// Every key a job of `tasks` tasks and up to `max_attempts` attempts holds while it runs
     /// (not its progress, result and certificate, which outlive it).
     pub fn working_set(&self, job_id: &str, tasks: usize, max_attempts: u32) -> Vec<String> {
-        let mut keys = vec![self.plan(job_id), self.tasks(job_id)];
+        let mut keys = vec![
+            self.plan(job_id),
+            self.tasks(job_id),
+            self.request(job_id),
+        ];
         for task in 0..tasks {
             keys.push(self.task_input(job_id, task));
             keys.extend((1..=max_attempts).map(|a| self.proof(job_id, task, a)));

@@ -39,6 +39,9 @@ pub const DEAD_LETTERS: &str = "starkscale_dead_letters_total";
 pub const REDIS_OP_DURATION: &str = "starkscale_redis_op_duration_seconds";
 pub const AMQP_OP_DURATION: &str = "starkscale_amqp_op_duration_seconds";
 pub const SERVICES_CONNECTED: &str = "starkscale_services_connected";
+pub const RECONCILE_DURATION: &str = "starkscale_reconcile_duration_seconds";
+pub const REDRIVEN: &str = "starkscale_redriven_total";
+pub const COORDINATOR_ACTIVE: &str = "starkscale_coordinator_active";
 
 /// What kind of series a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +64,10 @@ const BOTH: &[Role] = &[Role::Coordinator, Role::Worker];
 
 /// Values of the `op` label of [`REDIS_OP_DURATION`].
 pub const REDIS_OPS: &[&str] = &[
-    "get", "set", "set_many", "set_nx", "hset", "hgetall", "ttl", "del",
+    "get", "set", "set_many", "set_nx", "hset", "hgetall", "hdel", "ttl", "del", "exists", "lease",
 ];
+/// Values of the `what` label of [`REDRIVEN`]: what the reconcile pass found undone.
+pub const REDRIVE_KINDS: &[&str] = &["task", "replan", "finish", "result", "deadline"];
 /// Values of the `op` label of [`AMQP_OP_DURATION`].
 pub const AMQP_OPS: &[&str] = &["publish", "publish_batch", "ack", "nack"];
 
@@ -226,7 +231,7 @@ pub const CATALOG: &[MetricSpec] = &[
         roles: BOTH,
         kind: MetricType::Histogram,
         labels: &["op"],
-        help: "Redis round trips, by command (get, set, set_many, set_nx, hset, hgetall, ttl, del).",
+        help: "Redis round trips, by command (get, set, set_many, set_nx, hset, hgetall, hdel, ttl, del, exists, lease).",
         buckets: OP_BUCKETS,
     },
     MetricSpec {
@@ -243,6 +248,30 @@ pub const CATALOG: &[MetricSpec] = &[
         kind: MetricType::Gauge,
         labels: &[],
         help: "1 while this process is connected to RabbitMQ and Redis, 0 while it reconnects.",
+        buckets: &[],
+    },
+    MetricSpec {
+        name: RECONCILE_DURATION,
+        roles: COORDINATOR,
+        kind: MetricType::Histogram,
+        labels: &[],
+        help: "One reconcile pass over every open job (at start, after a reconnect, and periodically).",
+        buckets: OP_BUCKETS,
+    },
+    MetricSpec {
+        name: REDRIVEN,
+        roles: COORDINATOR,
+        kind: MetricType::Counter,
+        labels: &["what"],
+        help: "Work the reconcile pass found undone and did again: a task re-published, a job re-planned after its state was lost, a finish or result re-driven, a job ended by its deadline.",
+        buckets: &[],
+    },
+    MetricSpec {
+        name: COORDINATOR_ACTIVE,
+        roles: COORDINATOR,
+        kind: MetricType::Gauge,
+        labels: &[],
+        help: "1 while this coordinator holds the lease and serves, 0 while it stands by.",
         buckets: &[],
     },
 ];
@@ -270,6 +299,7 @@ pub fn on_all_interfaces(port: u16) -> SocketAddr {
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static CONNECTED: AtomicBool = AtomicBool::new(false);
+static BLOCKED: AtomicBool = AtomicBool::new(false);
 
 /// Installs the process-wide Prometheus recorder with the catalog's buckets and descriptions,
 /// and registers every series `role` exports at zero (see [`start_at_zero`]). Idempotent;
@@ -317,6 +347,7 @@ pub fn label_values(spec: &MetricSpec, label: &str, role: Role) -> Vec<&'static 
         "verdict" => vec!["accepted", "rejected"],
         "queue" => QueueRole::ALL.map(QueueRole::name).to_vec(),
         "op" if spec.name == REDIS_OP_DURATION => REDIS_OPS.to_vec(),
+        "what" => REDRIVE_KINDS.to_vec(),
         "op" => AMQP_OPS.to_vec(),
         "stage" => match role {
             Role::Coordinator => vec![Stage::Verify.name()],
@@ -394,13 +425,15 @@ pub async fn serve_endpoint(
         .route(
             "/readyz",
             get(|| async {
-                if CONNECTED.load(Ordering::Relaxed) {
+                if CONNECTED.load(Ordering::Relaxed) && !BLOCKED.load(Ordering::Relaxed) {
                     (StatusCode::OK, "ready\n")
                 } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "connecting to RabbitMQ and Redis\n",
-                    )
+                    let why = if BLOCKED.load(Ordering::Relaxed) {
+                        "RabbitMQ blocks publishing (resource alarm)\n"
+                    } else {
+                        "connecting to RabbitMQ and Redis\n"
+                    };
+                    (StatusCode::SERVICE_UNAVAILABLE, why)
                 }
             }),
         );
@@ -433,7 +466,9 @@ impl TaskOutcomeLabel {
             TaskOutcome::Failed {
                 permanent: true, ..
             } => TaskOutcomeLabel::Failed,
-            TaskOutcome::Failed { .. } => TaskOutcomeLabel::Retryable,
+            TaskOutcome::Failed { .. } | TaskOutcome::InputMissing { .. } => {
+                TaskOutcomeLabel::Retryable
+            }
         }
     }
 
@@ -545,6 +580,21 @@ pub fn task_retried(kind: TaskKind) {
     counter!(TASK_RETRIES, "kind" => kind.name()).increment(1);
 }
 
+/// One reconcile pass took `elapsed`.
+pub fn reconciled(elapsed: Duration) {
+    histogram!(RECONCILE_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// The reconcile pass did `what` (one of [`REDRIVE_KINDS`]) again.
+pub fn redriven(what: &'static str, count: usize) {
+    counter!(REDRIVEN, "what" => what).increment(count as u64);
+}
+
+/// Whether this coordinator is the active one.
+pub fn set_active(active: bool) {
+    gauge!(COORDINATOR_ACTIVE).set(if active { 1.0 } else { 0.0 });
+}
+
 // Workers.
 
 /// Marks one task in hand until the guard drops.
@@ -604,6 +654,12 @@ pub fn amqp_op(op: &'static str, elapsed: Duration) {
 pub fn set_connected(connected: bool) {
     CONNECTED.store(connected, Ordering::Relaxed);
     gauge!(SERVICES_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+/// Whether RabbitMQ is blocking this process's publishers (a resource alarm): `/readyz` says
+/// not ready meanwhile.
+pub fn set_blocked(blocked: bool) {
+    BLOCKED.store(blocked, Ordering::Relaxed);
 }
 
 #[cfg(test)]

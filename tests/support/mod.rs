@@ -25,6 +25,39 @@ impl Service {
         Service(child)
     }
 
+    /// Starts `starkscale ARGS` under `prefix` with extra environment, its stderr (the log) kept
+    /// in `log` for a failing test to show.
+    pub fn start_logged(
+        args: &[&str],
+        prefix: &str,
+        env: &[(&str, String)],
+        log: &std::path::Path,
+    ) -> Service {
+        let file = std::fs::File::create(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_starkscale"))
+            .args(args)
+            .env("STARKSCALE_PREFIX", prefix)
+            .env("STARKSCALE_METRICS_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Service(child)
+    }
+
+    /// Whether the process has exited (and reaps it).
+    pub fn exited(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_some()
+    }
+
+    /// SIGKILL, and wait for it.
+    pub fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
     /// SIGTERM, then the exit status within `limit`.
     pub fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
         Command::new("kill")
@@ -56,6 +89,16 @@ pub fn starkscale(args: &[&str], prefix: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_starkscale"))
         .args(args)
         .env("STARKSCALE_PREFIX", prefix)
+        .output()
+        .unwrap()
+}
+
+/// Runs one `starkscale` command under `prefix` with extra environment.
+pub fn starkscale_with(args: &[&str], prefix: &str, env: &[(&str, String)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_starkscale"))
+        .args(args)
+        .env("STARKSCALE_PREFIX", prefix)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .unwrap()
 }
@@ -165,3 +208,4 @@ pub fn python_venv(name: &str, modules: &str, packages: &[&str]) -> std::path::P
     );
     python
 }
+pub mod faults;

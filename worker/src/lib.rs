@@ -9,11 +9,13 @@
 //! queue: a worker killed at any point loses nothing, and a redelivered task rewrites the same key.
 //!
 //! Failures: a malformed task is dead-lettered with its reason; a tile that cannot be proven
-//! (bad input, step limit, inputs gone because the job was cancelled) is reported as a permanent
-//! failure and acked; a proof that overruns the task deadline is reported as a retryable
-//! failure, and acked, before the broker's consumer timeout could take the task away; anything
-//! transient (store or broker unavailable) is requeued, and the queue's delivery limit bounds
-//! retries.
+//! (bad input, step limit) is reported as a permanent failure and acked; a task whose input is
+//! not in the store (its job ended, or the store lost it) is reported as such, and the
+//! coordinator decides; a proof that overruns the task deadline is reported as a retryable
+//! failure, and acked, before the broker's consumer timeout could take the task away. A store
+//! that is unavailable is waited for with backoff (up to `--store-patience`) with the task in
+//! hand, so that a short outage does not use up the task's deliveries; only then, or when the
+//! broker goes away, is the task requeued.
 
 pub mod memory;
 
@@ -54,6 +56,10 @@ pub struct WorkerConfig {
     /// `consumer_timeout` (30 minutes by default), which would otherwise close the channel.
     #[arg(long, env = "STARKSCALE_TASK_DEADLINE", default_value_t = 20 * 60)]
     pub task_deadline_s: u64,
+    /// Seconds to keep retrying an unavailable store, with the task in hand, before handing the
+    /// task back to the queue.
+    #[arg(long, env = "STARKSCALE_STORE_PATIENCE", default_value_t = 120)]
+    pub store_patience_s: u64,
     /// Where `starkscale worker` serves /metrics, /healthz and /readyz; port 0 picks a free one
     /// (several workers on one host each need their own).
     #[arg(
@@ -74,6 +80,7 @@ impl WorkerConfig {
             result_ttl_s: 24 * 3600,
             max_steps: DEFAULT_MAX_STEPS,
             task_deadline_s: 20 * 60,
+            store_patience_s: 120,
             metrics_addr: metrics::on_all_interfaces(metrics::WORKER_PORT),
         }
     }
@@ -140,6 +147,7 @@ async fn serve_with<B: Broker, S: Store>(
         ttl: Duration::from_secs(config.result_ttl_s),
         max_steps: config.max_steps,
         deadline: Duration::from_secs(config.task_deadline_s.max(1)),
+        store_patience: Duration::from_secs(config.store_patience_s),
         name,
         broker,
         store,
@@ -169,6 +177,7 @@ struct Worker<B, S> {
     ttl: Duration,
     max_steps: usize,
     deadline: Duration,
+    store_patience: Duration,
 }
 
 /// A task's decoded input.
@@ -255,6 +264,27 @@ impl<B: Broker, S: Store> Worker<B, S> {
         Ok(())
     }
 
+    /// Runs a store operation, retrying with backoff (250 ms doubling to 8 s) while the store
+    /// is unavailable, for up to the store patience.
+    async fn patiently<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match op().await {
+                Err(e) if e.unavailable && started.elapsed() + backoff < self.store_patience => {
+                    warn!(error = %e, retry_in = ?backoff, "store unavailable; waiting with the task in hand");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(8));
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// Proves one task. `Err` means a transient failure worth retrying elsewhere.
     async fn prove(
         &self,
@@ -265,11 +295,12 @@ impl<B: Broker, S: Store> Worker<B, S> {
             reason,
             permanent: true,
         };
+        starkscale_common::faults::crash_point_with(|| {
+            format!("worker:task:{}:{}", task.job_id, task.task)
+        });
         let key = self.keys.task_input(&task.job_id, task.task);
-        let Some(bytes) = self.store.get(&key).await? else {
-            return Ok(failed(format!(
-                "no task input at {key} (job finished, cancelled or expired)"
-            )));
+        let Some(bytes) = self.patiently(|| self.store.get(&key)).await? else {
+            return Ok(TaskOutcome::InputMissing { key });
         };
         let work = match Work::decode(task.kind, &bytes) {
             Ok(work) => work,
@@ -307,7 +338,8 @@ impl<B: Broker, S: Store> Worker<B, S> {
         let peak_rss_bytes = memory::peak_rss_bytes();
         let key = self.keys.proof(&task.job_id, task.task, task.attempt);
         let started = Instant::now();
-        self.store.put(&key, &proof, self.ttl).await?;
+        self.patiently(|| self.store.put(&key, &proof, self.ttl))
+            .await?;
         let run_s = stats.run_s + stats.adapt_s;
         metrics::stage(task.kind, Stage::Execute, run_s);
         metrics::stage(task.kind, Stage::Prove, prove_s);

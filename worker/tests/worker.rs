@@ -124,7 +124,7 @@ async fn worker_proves_tasks_and_survives_bad_ones() {
         .find(|e| e.job_id == "job-gone")
         .expect("an event for the orphan");
     assert!(
-        matches!(&missing.outcome, TaskOutcome::Failed { permanent: true, reason } if reason.contains("no task input")),
+        matches!(&missing.outcome, TaskOutcome::InputMissing { key } if key.contains("job-gone")),
         "{:?}",
         missing.outcome
     );

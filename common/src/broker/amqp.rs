@@ -3,8 +3,10 @@
 //! Quorum work queues with an explicit `x-delivery-limit` and a dead-letter exchange; persistent
 //! messages; every publish is `mandatory` and waits for its publisher confirm, so a nack or a
 //! returned (unroutable) message is an error; consumers set their prefetch before consuming.
-//! Every process declares the whole topology on connect (idempotent). Publishes (through their
-//! confirm), acks and nacks are timed into `starkscale_amqp_op_duration_seconds`.
+//! Every process declares the whole topology on connect (idempotent). Connecting and waiting for
+//! a confirm are bounded ([`CONNECT_TIMEOUT`], [`CONFIRM_TIMEOUT`]); while RabbitMQ blocks the
+//! connection's publishers (a resource alarm) the process reports not-ready. Publishes (through
+//! their confirm), acks and nacks are timed into `starkscale_amqp_op_duration_seconds`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,8 +26,8 @@ use lapin::{
 use crate::metrics;
 
 use super::{
-    AckFuture, Acker, Broker, BrokerError, Consumer, Delivery, Headers, Topology, DELIVERY_LIMIT,
-    RESULTS_LOG_LENGTH,
+    AckFuture, Acker, Broker, BrokerError, Consumer, Delivery, Headers, Topology, CONFIRM_TIMEOUT,
+    CONNECT_TIMEOUT, DELIVERY_LIMIT, RESULTS_LOG_LENGTH,
 };
 
 /// A RabbitMQ connection with a confirming publisher channel and the topology declared.
@@ -124,12 +126,31 @@ fn delivery(d: lapin::message::Delivery) -> Delivery {
 
 impl AmqpBroker {
     pub async fn connect(url: &str, topology: Topology) -> Result<AmqpBroker, BrokerError> {
-        let connection = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .map_err(|e| BrokerError::Connect {
-                url: url.to_string(),
-                message: e.to_string(),
-            })?;
+        let connect_err = |message: String| BrokerError::Connect {
+            url: redact(url),
+            message,
+        };
+        let connection = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(url, ConnectionProperties::default()),
+        )
+        .await
+        .map_err(|_| connect_err(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| connect_err(e.to_string()))?;
+        let mut events = connection.events_listener();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                match event {
+                    lapin::Event::ConnectionBlocked(reason) => {
+                        tracing::warn!(%reason, "RabbitMQ blocks publishing");
+                        metrics::set_blocked(true);
+                    }
+                    lapin::Event::ConnectionUnblocked => metrics::set_blocked(false),
+                    _ => {}
+                }
+            }
+            metrics::set_blocked(false);
+        });
         let publisher = connection
             .create_channel()
             .await
@@ -197,15 +218,29 @@ impl AmqpBroker {
         ch.queue_declare(dead.as_str().into(), queue_opts, quorum(&[]))
             .await
             .map_err(declare_err(&dead))?;
-        ch.queue_bind(
+        // Messages that used up their deliveries go to the expired queue, for the coordinator;
+        // a deployment declared before that existed bound the dead queue instead.
+        ch.queue_unbind(
             dead.as_str().into(),
+            dlx.as_str().into(),
+            "".into(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_err(&dead))?;
+        let expired = t.expired();
+        ch.queue_declare(expired.as_str().into(), queue_opts, quorum(&[]))
+            .await
+            .map_err(declare_err(&expired))?;
+        ch.queue_bind(
+            expired.as_str().into(),
             dlx.as_str().into(),
             "".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await
-        .map_err(declare_err(&dead))?;
+        .map_err(declare_err(&expired))?;
         let work_args = quorum(&[
             (
                 "x-delivery-limit",
@@ -280,10 +315,13 @@ impl AmqpBroker {
         confirm: PublisherConfirm,
         routing_key: &str,
     ) -> Result<(), BrokerError> {
-        let confirm = confirm.await.map_err(|e| BrokerError::Publish {
-            queue: routing_key.to_string(),
-            message: e.to_string(),
-        })?;
+        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| BrokerError::ConfirmTimeout(routing_key.to_string()))?
+            .map_err(|e| BrokerError::Publish {
+                queue: routing_key.to_string(),
+                message: e.to_string(),
+            })?;
         // Check acked first: take_message consumes the confirmation.
         if !confirm.is_ack() {
             return Err(BrokerError::Nacked(routing_key.to_string()));
@@ -340,7 +378,8 @@ impl AmqpBroker {
     /// Deletes every queue and exchange of the topology (tests clean up with this).
     pub async fn delete_topology(&self) -> Result<(), BrokerError> {
         let t = &self.topology;
-        for queue in t.work_queues().iter().chain([&t.dead(), &t.results_log()]) {
+        let parked = [t.dead(), t.expired(), t.results_log()];
+        for queue in t.work_queues().iter().chain(&parked) {
             self.publisher
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await
@@ -370,6 +409,20 @@ impl AmqpBroker {
             .await
             .map_err(declare_err(queue))?;
         Ok((q.message_count(), q.consumer_count()))
+    }
+}
+
+/// `url` with its password replaced, for logs and error messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::{
     AckFuture, Acker, Broker, BrokerError, Consumer, Delivery, Headers, Topology, DELIVERY_LIMIT,
-    REASON_HEADER,
+    REASON_HEADER, SOURCE_QUEUE_HEADER,
 };
 
 #[derive(Clone)]
@@ -28,7 +28,8 @@ struct Queue {
     name: String,
     messages: Mutex<VecDeque<Message>>,
     notify: Notify,
-    /// Work queues dead-letter after [`DELIVERY_LIMIT`] deliveries; the dead queue keeps all.
+    /// Work queues dead-letter to the expired queue after [`DELIVERY_LIMIT`] deliveries; the
+    /// other queues keep all.
     dead: Option<Arc<Queue>>,
 }
 
@@ -63,6 +64,9 @@ impl Queue {
             message
                 .headers
                 .insert(REASON_HEADER.into(), reason.to_string());
+            message
+                .headers
+                .insert(SOURCE_QUEUE_HEADER.into(), self.name.clone());
             message.deliveries = 0;
             dead.push(message, false);
         }
@@ -156,13 +160,14 @@ impl std::fmt::Debug for MemoryBroker {
 
 impl MemoryBroker {
     pub fn new(topology: Topology) -> MemoryBroker {
-        let dead = Queue::new(topology.dead(), None);
+        let expired = Queue::new(topology.expired(), None);
         let mut queues: HashMap<String, Arc<Queue>> = topology
             .work_queues()
             .into_iter()
-            .map(|name| (name.clone(), Queue::new(name, Some(dead.clone()))))
+            .map(|name| (name.clone(), Queue::new(name, Some(expired.clone()))))
             .collect();
-        queues.insert(topology.dead(), dead);
+        queues.insert(topology.expired(), expired);
+        queues.insert(topology.dead(), Queue::new(topology.dead(), None));
         MemoryBroker {
             inner: Arc::new(Inner {
                 queues,
@@ -356,10 +361,11 @@ mod tests {
         for _ in 0..DELIVERY_LIMIT {
             c.next().await.unwrap().nack(true).await.unwrap();
         }
-        let mut dead = b.consume(&b.topology().dead(), 1, "d").await.unwrap();
-        let copy = dead.next().await.unwrap();
+        let mut expired = b.consume(&b.topology().expired(), 1, "d").await.unwrap();
+        let copy = expired.next().await.unwrap();
         assert_eq!(copy.body, b"poison");
         assert_eq!(copy.dead_letter_reason(), Some("delivery limit exceeded"));
+        assert_eq!(copy.dead_letter_source(), Some(q.as_str()));
         assert_eq!(b.ready(&q), 0);
     }
 

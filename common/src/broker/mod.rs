@@ -8,7 +8,10 @@
 //! only once the message is safely queued (an unroutable message is an error, never a silent
 //! drop); a consumer holds at most `prefetch` unsettled deliveries; a delivery that is nacked
 //! with requeue, or whose consumer goes away unsettled, is delivered again; after
-//! [`DELIVERY_LIMIT`] deliveries a message is dead-lettered instead of looping forever.
+//! [`DELIVERY_LIMIT`] deliveries a message is dead-lettered to the expired queue
+//! ([`Topology::expired`]) instead of looping forever, where the coordinator decides what becomes
+//! of it. [`Broker::dead_letter`] parks a message for operators in the dead queue
+//! ([`Topology::dead`]), which nothing in the fleet consumes.
 //!
 //! Queue and exchange names come from a [`Topology`] prefix (`starkscale` in production, unique
 //! per test).
@@ -22,7 +25,7 @@ use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
 
-pub use amqp::AmqpBroker;
+pub use amqp::{redact, AmqpBroker};
 pub use memory::MemoryBroker;
 
 /// Deliveries of one message before the broker dead-letters it (a poison task must not loop).
@@ -33,6 +36,13 @@ pub const RESULTS_LOG_LENGTH: i64 = 10_000;
 pub const REASON_HEADER: &str = "x-starkscale-reason";
 /// Header naming the queue a dead-lettered message came from.
 pub const SOURCE_QUEUE_HEADER: &str = "x-starkscale-queue";
+/// What RabbitMQ sets on a message it dead-letters: the queue and the reason.
+const FIRST_DEATH_QUEUE: &str = "x-first-death-queue";
+const FIRST_DEATH_REASON: &str = "x-first-death-reason";
+/// Longest wait for a connection to RabbitMQ.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest wait for a publisher confirm: a broker that takes longer is blocked or gone.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -52,6 +62,16 @@ pub enum BrokerError {
     ConsumerClosed(String),
     #[error("acknowledging: {0}")]
     Ack(String),
+    #[error("no publisher confirm for {0} within {CONFIRM_TIMEOUT:?}")]
+    ConfirmTimeout(String),
+}
+
+impl BrokerError {
+    /// Whether the failure belongs to one message (a `reply_to` queue that does not exist)
+    /// rather than to the connection: the message is refused, the connection is fine.
+    pub fn is_per_message(&self) -> bool {
+        matches!(self, BrokerError::Returned(_) | BrokerError::Nacked(_))
+    }
 }
 
 /// Queue and exchange names of one deployment.
@@ -78,9 +98,14 @@ impl Topology {
     pub fn events(&self) -> String {
         format!("{}.events", self.prefix)
     }
-    /// Where rejected and undeliverable messages end up, with their reason.
+    /// Where messages the fleet gave up on are parked for operators, with their reason.
     pub fn dead(&self) -> String {
         format!("{}.dead", self.prefix)
+    }
+    /// Where the broker dead-letters work messages that used up their deliveries; the
+    /// coordinator consumes it (retries a task with backoff, or fails its job).
+    pub fn expired(&self) -> String {
+        format!("{}.expired", self.prefix)
     }
     /// Dead-letter exchange of the work queues.
     pub fn dead_letter_exchange(&self) -> String {
@@ -142,9 +167,19 @@ impl Delivery {
     pub async fn nack(self, requeue: bool) -> Result<(), BrokerError> {
         self.acker.nack(requeue).await
     }
-    /// Why the message was dead-lettered, if it was.
+    /// Why the message was dead-lettered, if it was: the fleet's reason, or the broker's.
     pub fn dead_letter_reason(&self) -> Option<&str> {
-        self.headers.get(REASON_HEADER).map(String::as_str)
+        self.headers
+            .get(REASON_HEADER)
+            .or_else(|| self.headers.get(FIRST_DEATH_REASON))
+            .map(String::as_str)
+    }
+    /// The queue a dead-lettered message came from.
+    pub fn dead_letter_source(&self) -> Option<&str> {
+        self.headers
+            .get(SOURCE_QUEUE_HEADER)
+            .or_else(|| self.headers.get(FIRST_DEATH_QUEUE))
+            .map(String::as_str)
     }
 }
 

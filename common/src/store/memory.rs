@@ -83,11 +83,7 @@ impl Map {
 }
 
 fn wrong_type(op: &'static str, key: &str) -> StoreError {
-    StoreError {
-        op,
-        key: key.to_string(),
-        message: "key holds the wrong kind of value".into(),
-    }
+    StoreError::refused(op, key, "key holds the wrong kind of value")
 }
 
 impl Store for MemoryStore {
@@ -167,6 +163,52 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn put_fields(
+        &self,
+        key: &str,
+        fields: Vec<(String, Vec<u8>)>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        for (field, value) in fields {
+            self.put_field(key, &field, &value, ttl).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_field(&self, key: &str, field: &str) -> Result<(), StoreError> {
+        match self.lock().live(key).map(|e| &mut e.value) {
+            None => Ok(()),
+            Some(Value::Hash(h)) => {
+                h.remove(field);
+                Ok(())
+            }
+            Some(Value::Bytes(_)) => Err(wrong_type("HDEL", key)),
+        }
+    }
+
+    async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut map = self.lock();
+        let held_by_other = match map.live(key).map(|e| &e.value) {
+            Some(Value::Bytes(b)) => b.as_slice() != holder.as_bytes(),
+            Some(Value::Hash(_)) => return Err(wrong_type("lease", key)),
+            None => false,
+        };
+        if held_by_other {
+            return Ok(false);
+        }
+        let entry = Entry {
+            value: Value::Bytes(holder.as_bytes().to_vec()),
+            expires: Instant::now() + ttl,
+        };
+        map.entries.insert(key.to_string(), entry);
+        Ok(true)
+    }
+
+    async fn exist(&self, keys: &[String]) -> Result<Vec<bool>, StoreError> {
+        let mut map = self.lock();
+        Ok(keys.iter().map(|k| map.live(k).is_some()).collect())
+    }
+
     async fn fields(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         match self.lock().live(key).map(|e| &e.value) {
             None => Ok(Vec::new()),
@@ -217,5 +259,26 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(s.delete(&["c".into(), "d".into()]).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lease_has_one_holder_until_it_expires() {
+        let s = MemoryStore::new();
+        let short = Duration::from_millis(30);
+        assert!(s.lease("l", "one", short).await.unwrap());
+        assert!(!s.lease("l", "two", short).await.unwrap());
+        assert!(s.lease("l", "one", short).await.unwrap(), "renewed");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(s.lease("l", "two", short).await.unwrap(), "taken over");
+        assert!(!s.lease("l", "one", short).await.unwrap());
+        s.put_fields("h", vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())], short)
+            .await
+            .unwrap();
+        s.delete_field("h", "a").await.unwrap();
+        assert_eq!(s.fields("h").await.unwrap(), vec![("b".into(), b"2".to_vec())]);
+        assert_eq!(
+            s.exist(&["h".into(), "zz".into()]).await.unwrap(),
+            vec![true, false]
+        );
     }
 }

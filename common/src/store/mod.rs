@@ -22,6 +22,22 @@ pub struct StoreError {
     pub op: &'static str,
     pub key: String,
     pub message: String,
+    /// The store could not be reached or did not answer in time: worth retrying later. Otherwise
+    /// the store refused this operation on this key (a key of the wrong type, say), and
+    /// retrying the same operation cannot succeed.
+    pub unavailable: bool,
+}
+
+impl StoreError {
+    /// The store refused `op` on `key`.
+    pub fn refused(op: &'static str, key: &str, message: impl Into<String>) -> StoreError {
+        StoreError {
+            op,
+            key: key.to_string(),
+            message: message.into(),
+            unavailable: false,
+        }
+    }
 }
 
 /// What the coordinator, the workers and clients need from a key-value store.
@@ -59,6 +75,33 @@ pub trait Store: Clone + Send + Sync + 'static {
         value: &[u8],
         ttl: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Sets many fields of the hash at `key` in one round trip and (re)sets its TTL.
+    fn put_fields(
+        &self,
+        key: &str,
+        fields: Vec<(String, Vec<u8>)>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes one field of the hash at `key`.
+    fn delete_field(
+        &self,
+        key: &str,
+        field: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Takes or renews the lease at `key` for `holder`: true when `holder` now holds it for
+    /// `ttl`, false when someone else does.
+    fn lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Whether each of `keys` exists, in one round trip.
+    fn exist(&self, keys: &[String]) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
 
     /// Every field of the hash at `key` (empty when absent).
     fn fields(

@@ -1,11 +1,12 @@
 //! [`Store`] over Redis, through a connection manager that reconnects by itself. Every round
-//! trip is timed into `starkscale_redis_op_duration_seconds`.
+//! trip is bounded by [`RESPONSE_TIMEOUT`] and timed into `starkscale_redis_op_duration_seconds`;
+//! every error says whether Redis was unavailable (retry later) or refused the operation.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
-use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, ErrorKind, RedisError};
 
 use super::{ttl_secs, Store, StoreError};
 use crate::metrics;
@@ -22,10 +23,35 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-fn err<'k>(op: &'static str, key: &'k str) -> impl Fn(redis::RedisError) -> StoreError + 'k {
+/// Longest wait for one reply: a Redis that stops answering is an outage, not a slow call.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether an error means Redis is (for now) unreachable, loading, out of memory or read-only,
+/// rather than refusing this operation on this key.
+fn unavailable(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::BusyLoadingError
+                | ErrorKind::TryAgain
+                | ErrorKind::ClusterDown
+                | ErrorKind::MasterDown
+                | ErrorKind::ReadOnly
+        )
+        || e.code() == Some("OOM")
+}
+
+fn err<'k>(op: &'static str, key: &'k str) -> impl Fn(RedisError) -> StoreError + 'k {
     move |e| StoreError {
         op,
         key: key.to_string(),
+        unavailable: unavailable(&e),
         message: e.to_string(),
     }
 }
@@ -41,7 +67,12 @@ async fn timed<T>(op: &'static str, call: impl Future<Output = T>) -> T {
 impl RedisStore {
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(err("connect", url))?;
-        let conn = ConnectionManager::new(client)
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT)
+            .set_number_of_retries(2)
+            .set_max_delay(2000);
+        let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(err("connect", url))?;
         Ok(RedisStore { conn })
@@ -116,6 +147,68 @@ impl Store for RedisStore {
         timed("hset", pipe.query_async::<()>(&mut conn))
             .await
             .map_err(err("HSET", key))
+    }
+
+    async fn put_fields(
+        &self,
+        key: &str,
+        fields: Vec<(String, Vec<u8>)>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(key, &fields)
+            .ignore()
+            .expire(key, ttl_secs(ttl) as i64)
+            .ignore();
+        timed("hset", pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(err("HSET", key))
+    }
+
+    async fn delete_field(&self, key: &str, field: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        timed("hdel", conn.hdel::<_, _, ()>(key, field))
+            .await
+            .map_err(err("HDEL", key))
+    }
+
+    async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        // Take the lease when it is free, renew it when it is ours, in one atomic step.
+        let script = redis::Script::new(
+            r"local v = redis.call('GET', KEYS[1])
+              if v == false or v == ARGV[1] then
+                redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+                return 1
+              end
+              return 0",
+        );
+        let mut conn = self.conn.clone();
+        let millis = ttl.as_millis().max(1) as u64;
+        let mut invocation = script.key(key);
+        invocation.arg(holder).arg(millis);
+        let held: i64 = timed("lease", invocation.invoke_async(&mut conn))
+            .await
+            .map_err(err("lease", key))?;
+        Ok(held == 1)
+    }
+
+    async fn exist(&self, keys: &[String]) -> Result<Vec<bool>, StoreError> {
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.exists(key);
+        }
+        let mut conn = self.conn.clone();
+        timed("exists", pipe.query_async::<Vec<bool>>(&mut conn))
+            .await
+            .map_err(err("EXISTS (pipelined)", first))
     }
 
     async fn fields(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

@@ -1,0 +1,163 @@
+//! Proof acceptance. Workers are untrusted: a reported proof is accepted only if it verifies at
+//! the pinned program, parameters and preprocessed root, and states exactly the planned task — a
+//! tile at its position with its A and x digests, or a node over exactly the accepted children's
+//! facts (the root also with the planned commitments).
+//!
+//! What a proof must state is captured on the event loop as an [`Expected`]; fetching the proof
+//! and verifying it ([`check`]) run as a spawned task on the blocking pool, so the loop keeps
+//! serving other jobs meanwhile. The verdict comes back to the loop, which re-checks that the
+//! task still waits for that attempt before it changes anything.
+
+use std::time::Instant;
+
+use starkscale_cairo::encoding::{Digest, Fact};
+use starkscale_cairo::program::Pinned;
+use starkscale_cairo::tree::{NodeOutput, RootOutput};
+use starkscale_cairo::{verify_proof, verify_tile};
+use starkscale_common::messages::{Keys, TaskEvent, TaskKind};
+use starkscale_common::metrics::{self, Stage};
+use starkscale_common::store::{Store, StoreError};
+use starkscale_common::TileSpec;
+
+/// What the proof of one task must state.
+#[derive(Debug, Clone)]
+pub(crate) enum Expected {
+    Tile {
+        tile: TileSpec,
+        a_digest: Option<String>,
+        x_digest: Option<String>,
+    },
+    Node {
+        /// First row and row count.
+        rows: (usize, usize),
+        /// The accepted children's facts, in order.
+        facts: Vec<Fact>,
+        /// For the root: the planned A and x commitments.
+        commitments: Option<(Option<Digest>, Option<Digest>)>,
+    },
+}
+
+/// A proof's verdict: its public output, or why it is refused.
+pub(crate) type Verdict = Result<Vec<u32>, String>;
+
+/// Fetches the proof an event names and checks it off the event loop. `Err` only when the store
+/// is unavailable; a missing or bad proof is a refused verdict.
+pub(crate) async fn verify_reported<S: Store>(
+    store: S,
+    keys: Keys,
+    event: TaskEvent,
+    kind: TaskKind,
+    expected: Expected,
+    allow_test: bool,
+) -> Result<(Verdict, f64), StoreError> {
+    let key = keys.proof(&event.job_id, event.task, event.attempt);
+    let Some(proof) = store.get(&key).await? else {
+        return Ok((Err(format!("no proof at {key}")), 0.0));
+    };
+    let checked = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let verdict = check(&expected, &proof, allow_test);
+        (verdict, started.elapsed().as_secs_f64())
+    })
+    .await;
+    let (verdict, seconds) = match checked {
+        Ok(done) => done,
+        Err(e) => (Err(format!("verifying the proof panicked: {e}")), 0.0),
+    };
+    metrics::stage(kind, Stage::Verify, seconds);
+    Ok((verdict, seconds))
+}
+
+/// Verifies `proof` and that it states what `expected` says.
+pub(crate) fn check(expected: &Expected, proof: &[u8], allow_test: bool) -> Verdict {
+    match expected {
+        Expected::Tile {
+            tile,
+            a_digest,
+            x_digest,
+        } => check_tile(tile, a_digest.as_deref(), x_digest.as_deref(), proof, allow_test),
+        Expected::Node {
+            rows,
+            facts,
+            commitments,
+        } => check_node(*rows, facts, commitments.as_ref(), proof, allow_test),
+    }
+}
+
+/// A tile's proof: the map kernel, at the planned position and shape, of the planned digests.
+fn check_tile(
+    tile: &TileSpec,
+    a_digest: Option<&str>,
+    x_digest: Option<&str>,
+    proof: &[u8],
+    allow_test: bool,
+) -> Verdict {
+    let verified = verify_tile(proof, allow_test).map_err(|e| e.to_string())?;
+    let out = &verified.output;
+    let expected = (tile.row0, tile.col0, tile.rows, tile.cols);
+    let stated = (
+        out.row0 as usize,
+        out.col0 as usize,
+        out.rows as usize,
+        out.cols as usize,
+    );
+    if stated != expected {
+        return Err(format!(
+            "proof is of a {}x{} tile at ({}, {}), not the planned {}x{} at ({}, {})",
+            stated.2, stated.3, stated.0, stated.1, expected.2, expected.3, expected.0, expected.1
+        ));
+    }
+    if a_digest != Some(out.a_digest.to_hex().as_str()) {
+        return Err("proof is of other A entries".into());
+    }
+    if x_digest != Some(out.x_digest.to_hex().as_str()) {
+        return Err("proof is of another x block".into());
+    }
+    Ok(out.to_words())
+}
+
+/// A node's proof: the reduce (or root) program over exactly the accepted children, in order.
+fn check_node(
+    rows: (usize, usize),
+    children: &[Fact],
+    commitments: Option<&(Option<Digest>, Option<Digest>)>,
+    proof: &[u8],
+    allow_test: bool,
+) -> Verdict {
+    let verified = verify_proof(proof, allow_test).map_err(|e| e.to_string())?;
+    let expected = match commitments {
+        Some(_) => Pinned::Root,
+        None => Pinned::Reduce,
+    };
+    if verified.program != expected {
+        return Err(format!(
+            "proof is of the {} program, not the {} program",
+            verified.program.name(),
+            expected.name()
+        ));
+    }
+    let words = verified.output;
+    let facts = match commitments {
+        Some((a_commitment, x_commitment)) => {
+            let out = RootOutput::from_words(&words)?;
+            if Some(out.a_commitment) != *a_commitment {
+                return Err("root proves another A commitment than the planned tiles'".into());
+            }
+            if Some(out.x_commitment) != *x_commitment {
+                return Err("root proves another x commitment".into());
+            }
+            out.facts
+        }
+        None => {
+            let out = NodeOutput::from_words(&words)?;
+            if (out.row0 as usize, out.rows as usize) != rows {
+                return Err("node proof covers other rows than planned".into());
+            }
+            out.facts
+        }
+    };
+    if facts != children {
+        return Err("node proof states other child facts than the accepted children's".into());
+    }
+    Ok(words)
+}

@@ -1,0 +1,271 @@
+//! Ending a job, in steps that can each be driven again:
+//!
+//! 1. **decide**: progress becomes `finishing` with the [`Ending`] (status and reason) — from
+//!    here on the outcome does not change, whoever completes it;
+//! 2. **certificate** (on success): every accepted proof, assembled off the loop and stored; if a
+//!    proof vanished from the store the job is planned again instead (see [`crate::reconcile`]);
+//! 3. **result**: stored, then published to the results exchange (and `reply_to`, which is best
+//!    effort: a client's missing reply queue fails nothing);
+//! 4. **close**: progress becomes final, the working keys are deleted, the job leaves the
+//!    open-jobs index and the cache.
+//!
+//! A coordinator that stops after step 1 completes the job from its reconcile pass; one that
+//! stops after step 3 publishes the result once more (clients take the first).
+
+use starkscale_cairo::certificate::Certificate;
+use starkscale_cairo::tree::RootOutput;
+use starkscale_common::broker::Broker;
+use starkscale_common::messages::{unix_ms, Ending, JobResult, JobStatus, TaskTiming};
+use starkscale_common::metrics;
+use starkscale_common::store::Store;
+use tracing::{info, warn};
+
+use crate::settle::Failure;
+use crate::state::Job;
+use crate::{to_json, Coordinator, CoordinatorError, Services};
+
+impl<B: Broker, S: Store> Coordinator<B, S> {
+    /// Decides how a job ends (unless it is decided already) and completes it.
+    pub(crate) async fn finish(&mut self, job_id: &str, ending: Ending) -> Result<(), Failure> {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return Ok(());
+        };
+        if job.status != JobStatus::Finishing {
+            job.status = JobStatus::Finishing;
+            job.ending = Some(ending);
+            self.save_progress(job_id).await?;
+        }
+        starkscale_common::faults::crash_point("finish:decided");
+        self.complete(job_id).await
+    }
+
+    /// Steps 2–4 for a job whose ending is decided.
+    pub(crate) async fn complete(&mut self, job_id: &str) -> Result<(), Failure> {
+        let Some(job) = self.jobs.get(job_id) else {
+            return Ok(());
+        };
+        let ending = job
+            .ending
+            .clone()
+            .unwrap_or_else(|| Ending::failed("the job's ending was lost"));
+        let tiles = job.plan.len();
+        let seconds = |range: std::ops::Range<usize>| -> f64 {
+            job.tasks[range].iter().map(|t| t.seconds).sum()
+        };
+        let mut result = JobResult {
+            job_id: job_id.to_string(),
+            status: ending.status,
+            error: ending.error.clone(),
+            y: None,
+            certificate_key: None,
+            tiles,
+            nodes: job.tree.len(),
+            wall_s: job.age_ms() as f64 / 1000.0,
+            tile_s: seconds(0..tiles),
+            reduce_s: seconds(tiles..job.tasks.len()),
+            task_timings: Vec::new(),
+        };
+        let reply_to = job.record.reply_to.clone();
+        if ending.status == JobStatus::Succeeded {
+            match self.certificate(job).await? {
+                Certificated::Done(certificate, y) => {
+                    let key = self.svc.keys.certificate(job_id);
+                    self.svc.store.put(&key, &certificate, self.svc.ttl()).await?;
+                    result.y = Some(y);
+                    result.certificate_key = Some(key);
+                    result.task_timings = timings(job);
+                }
+                Certificated::ProofMissing(why) => {
+                    // Boxed: recovering may fail the job, which completes it again.
+                    return Box::pin(self.recover(job_id, why)).await;
+                }
+                Certificated::Unreadable(reason) => {
+                    result.status = JobStatus::Failed;
+                    result.error = Some(reason);
+                }
+            }
+        }
+        publish_result(&self.svc, &result, reply_to.as_deref()).await?;
+        starkscale_common::faults::crash_point("finish:published");
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.status = result.status;
+            job.ending = Some(Ending {
+                status: result.status,
+                error: result.error.clone(),
+            });
+        }
+        self.save_progress(job_id).await?;
+        let Some(job) = self.jobs.remove(job_id) else {
+            return Ok(());
+        };
+        metrics::job_completed(result.status, Some(result.wall_s));
+        let working = self.svc.keys.working_set(
+            job_id,
+            job.tasks.len(),
+            job.tasks.iter().map(|t| t.attempt).max().unwrap_or(1),
+        );
+        self.svc.store.delete(&working).await?;
+        self.svc
+            .store
+            .delete_field(&self.svc.keys.open_jobs(), job_id)
+            .await?;
+        info!(job = %job_id, status = result.status.name(), wall_s = result.wall_s, "job finished");
+        Ok(())
+    }
+
+    /// The job certificate from the accepted proofs (tiles, nodes, root last) and the root's y;
+    /// assembled on the blocking pool.
+    async fn certificate(&self, job: &Job) -> Result<Certificated, Failure> {
+        let root = job.tasks.last().and_then(|t| t.output.as_deref());
+        let Some(root) = root.and_then(|words| RootOutput::from_words(words).ok()) else {
+            return Ok(Certificated::Unreadable(
+                "the accepted root output is unreadable".into(),
+            ));
+        };
+        let mut proofs = Vec::with_capacity(job.tasks.len());
+        for (task, state) in job.tasks.iter().enumerate() {
+            let key = self.svc.keys.proof(job.id(), task, state.attempt);
+            match self.svc.store.get(&key).await? {
+                Some(proof) => proofs.push(proof),
+                None => {
+                    return Ok(Certificated::ProofMissing(format!(
+                        "the accepted proof {key} vanished from the store"
+                    )))
+                }
+            }
+        }
+        let assembled = tokio::task::spawn_blocking(move || {
+            (Certificate::new(&root, proofs).to_bytes(), root.y)
+        })
+        .await;
+        match assembled {
+            Ok((bytes, y)) => Ok(Certificated::Done(bytes, y)),
+            Err(e) => Ok(Certificated::Unreadable(format!(
+                "assembling the certificate panicked: {e}"
+            ))),
+        }
+    }
+}
+
+enum Certificated {
+    Done(Vec<u8>, Vec<i64>),
+    ProofMissing(String),
+    Unreadable(String),
+}
+
+fn timings(job: &Job) -> Vec<TaskTiming> {
+    job.tasks
+        .iter()
+        .enumerate()
+        .map(|(task, t)| TaskTiming {
+            task,
+            kind: job.kind(task),
+            attempt: t.attempt,
+            worker: t.worker.clone(),
+            seconds: t.seconds,
+            peak_rss_bytes: t.peak_rss_bytes,
+        })
+        .collect()
+}
+
+/// Stores a result (unless the job had no readable id) and publishes it to the results exchange
+/// and, best effort, to the client's `reply_to` queue.
+pub(crate) async fn publish_result<B: Broker, S: Store>(
+    svc: &Services<B, S>,
+    result: &JobResult,
+    reply_to: Option<&str>,
+) -> Result<(), CoordinatorError> {
+    let body = to_json(result);
+    if result.job_id != "invalid" {
+        svc.store
+            .put(&svc.keys.result(&result.job_id), &body, svc.ttl())
+            .await?;
+    }
+    publish_body(svc, &result.job_id, &body, reply_to).await
+}
+
+/// Publishes a result without storing it.
+pub(crate) async fn publish_unstored<B: Broker, S: Store>(
+    svc: &Services<B, S>,
+    result: &JobResult,
+    reply_to: Option<&str>,
+) -> Result<(), CoordinatorError> {
+    publish_body(svc, &result.job_id, &to_json(result), reply_to).await
+}
+
+async fn publish_body<B: Broker, S>(
+    svc: &Services<B, S>,
+    job_id: &str,
+    body: &[u8],
+    reply_to: Option<&str>,
+) -> Result<(), CoordinatorError> {
+    svc.broker.publish_result(job_id, None, body).await?;
+    if let Some(queue) = reply_to {
+        let headers = Default::default();
+        if let Err(error) = svc.broker.publish(queue, body, &headers, None).await {
+            if !error.is_per_message() {
+                return Err(error.into());
+            }
+            warn!(job = %job_id, %queue, %error, "the client's reply queue did not take the result");
+        }
+    }
+    Ok(())
+}
+
+/// Publishes the stored result of a job that already ended (a resubmission, or a result whose
+/// publication a stopped coordinator may have missed).
+pub(crate) async fn answer_from_store<B: Broker, S: Store>(
+    svc: &Services<B, S>,
+    job_id: &str,
+    reply_to: Option<&str>,
+) -> Result<bool, CoordinatorError> {
+    match svc.store.get(&svc.keys.result(job_id)).await? {
+        Some(body) => {
+            publish_body(svc, job_id, &body, reply_to).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Ends a job that has no plan to finish from (its planning never completed, or the store lost
+/// it with its message): a failed result, a final progress, and out of the open-jobs index.
+pub(crate) async fn fail_unplanned<B: Broker, S: Store>(
+    svc: &Services<B, S>,
+    job_id: &str,
+    started_unix_ms: Option<u64>,
+    reason: String,
+) -> Result<(), CoordinatorError> {
+    warn!(job = %job_id, %reason, "failing a job that has no plan");
+    let wall_s = started_unix_ms.map_or(0.0, |t| unix_ms().saturating_sub(t) as f64 / 1000.0);
+    let result = JobResult {
+        job_id: job_id.to_string(),
+        status: JobStatus::Failed,
+        error: Some(reason.clone()),
+        y: None,
+        certificate_key: None,
+        tiles: 0,
+        nodes: 0,
+        wall_s,
+        tile_s: 0.0,
+        reduce_s: 0.0,
+        task_timings: Vec::new(),
+    };
+    let progress = starkscale_common::messages::JobProgress {
+        job_id: job_id.to_string(),
+        status: JobStatus::Failed,
+        tasks: 0,
+        proven: 0,
+        retries: 0,
+        started_unix_ms: started_unix_ms.unwrap_or_else(unix_ms),
+        plan_s: None,
+        ending: Some(Ending::failed(reason)),
+    };
+    publish_result(svc, &result, None).await?;
+    svc.store
+        .put(&svc.keys.progress(job_id), &to_json(&progress), svc.ttl())
+        .await?;
+    metrics::job_completed(JobStatus::Failed, Some(wall_s));
+    svc.store.delete_field(&svc.keys.open_jobs(), job_id).await?;
+    Ok(())
+}

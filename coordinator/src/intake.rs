@@ -1,0 +1,304 @@
+//! Intake and planning: a job message in, a planned [`Job`] out.
+//!
+//! Runs as a spawned task per job message (at most the jobs consumer's prefetch at once), so
+//! loading, digesting and storing a large job's inputs never holds up the event loop. The
+//! order of writes is what makes every step re-drivable:
+//!
+//! 1. **claim** the id: progress `planning` (SET NX) and a field in the open-jobs index; a claim
+//!    that exists already is a duplicate — answered from the stored result when the job ended,
+//!    planned again when this very message comes back after a coordinator stopped mid-planning;
+//! 2. **plan**: tile inputs and the job message (to re-plan from), then the job record — all
+//!    with the job's TTL; the loop then publishes the tasks and only then acks the message.
+//!
+//! A job that cannot run is **refused**: a failed result naming the reason is stored and
+//! published, its claim is released (the id can be submitted again once fixed), and the message
+//! is dead-lettered with the reason.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use starkscale_cairo::encoding::{a_digest, x_digest};
+use starkscale_common::broker::Delivery;
+use starkscale_common::job::{check_shapes, JobError, Request};
+use starkscale_common::messages::{
+    unix_ms, JobProgress, JobRecord, JobResult, JobStatus, TileInputBlob,
+};
+use starkscale_common::metrics;
+use starkscale_common::store::Store;
+use starkscale_common::{JobSpec, TilePlan};
+use tracing::{info, warn};
+
+use crate::settle::Failure;
+use crate::state::Job;
+use crate::{to_json, Services};
+
+/// What handling a job message decided, for the event loop to apply.
+pub(crate) enum Intake {
+    /// Planned and stored; its tasks are to be published.
+    Planned(Box<Job>),
+    /// A request to cancel this job.
+    Cancel(String),
+    /// Nothing more to do (a duplicate, answered or ignored).
+    Nothing,
+}
+
+/// Handles one job message.
+pub(crate) async fn intake<B: starkscale_common::broker::Broker, S: Store>(
+    svc: Services<B, S>,
+    delivery: &Delivery,
+) -> Result<Intake, Failure> {
+    let received = Instant::now();
+    let spec = match Request::parse(&delivery.body, &svc.limits) {
+        Ok(Request::Cancel(job_id)) => return Ok(Intake::Cancel(job_id)),
+        Ok(Request::Job(spec)) => spec,
+        Err(e) => {
+            let job_id = readable_id(&delivery.body, &svc.limits);
+            let job_id = job_id.as_deref().unwrap_or("invalid");
+            return Err(refuse(&svc, job_id, delivery.reply_to.as_deref(), None, e).await);
+        }
+    };
+    let job_id = spec.job_id.clone().unwrap_or_else(new_job_id);
+    starkscale_common::faults::crash_point("intake:before-claim");
+    let started_unix_ms = unix_ms();
+    let claim = JobProgress {
+        job_id: job_id.clone(),
+        status: JobStatus::Planning,
+        tasks: 0,
+        proven: 0,
+        retries: 0,
+        started_unix_ms,
+        plan_s: None,
+        ending: None,
+    };
+    let progress_key = svc.keys.progress(&job_id);
+    let claimed = svc
+        .store
+        .put_if_absent(&progress_key, &to_json(&claim), svc.ttl())
+        .await?;
+    let started_unix_ms = if claimed {
+        // A refused earlier submission of this id left its result; this one replaces it.
+        let stale = [svc.keys.result(&job_id), svc.keys.certificate(&job_id)];
+        svc.store.delete(&stale).await?;
+        svc.store
+            .put_field(
+                &svc.keys.open_jobs(),
+                &job_id,
+                started_unix_ms.to_string().as_bytes(),
+                svc.ttl(),
+            )
+            .await?;
+        metrics::job_submitted();
+        started_unix_ms
+    } else {
+        let stored = svc.store.get(&progress_key).await?;
+        let progress = stored.and_then(|b| serde_json::from_slice::<JobProgress>(&b).ok());
+        match progress {
+            Some(p) if p.status.is_final() => {
+                info!(job = %job_id, status = p.status.name(), "resubmitted job already ended; answering from its stored result");
+                crate::finish::answer_from_store(&svc, &job_id, delivery.reply_to.as_deref())
+                    .await?;
+                return Ok(Intake::Nothing);
+            }
+            // This very message again: the coordinator that was planning it stopped.
+            Some(p) if p.status == JobStatus::Planning && delivery.redelivered => {
+                warn!(job = %job_id, "planning again a job whose planning was interrupted");
+                p.started_unix_ms
+            }
+            _ => {
+                info!(job = %job_id, "duplicate submission of a job in progress ignored");
+                return Ok(Intake::Nothing);
+            }
+        }
+    };
+    let request = Arc::new(delivery.body.clone());
+    let reply_to = delivery.reply_to.clone();
+    match plan_job(&svc, &job_id, &spec, request, reply_to.clone(), started_unix_ms).await {
+        Ok(mut job) => {
+            job.plan_s = Some(received.elapsed().as_secs_f64());
+            Ok(Intake::Planned(Box::new(job)))
+        }
+        Err(Refusal::Fleet(e)) => Err(e),
+        Err(Refusal::Job(e)) => Err(refuse(&svc, &job_id, reply_to.as_deref(), Some(started_unix_ms), e).await),
+    }
+}
+
+/// Why planning stopped: the job is bad, or the fleet is unavailable.
+pub(crate) enum Refusal {
+    Job(JobError),
+    Fleet(Failure),
+}
+
+impl From<JobError> for Refusal {
+    fn from(e: JobError) -> Refusal {
+        Refusal::Job(e)
+    }
+}
+
+impl<E: Into<Failure>> From<E> for Refusal {
+    fn from(e: E) -> Refusal {
+        Refusal::Fleet(e.into())
+    }
+}
+
+/// Loads, checks and plans a job, and stores its tile inputs, its message and its record. The
+/// heavy part (parsing inputs, cutting tiles, digesting them) runs on the blocking pool.
+pub(crate) async fn plan_job<B, S: Store>(
+    svc: &Services<B, S>,
+    job_id: &str,
+    spec: &JobSpec,
+    request: Arc<Vec<u8>>,
+    reply_to: Option<String>,
+    started_unix_ms: u64,
+) -> Result<Job, Refusal> {
+    let (a_key, x_key) = spec.redis_keys();
+    let a_bytes = fetch_reference(svc, "a", a_key).await?;
+    let x_bytes = fetch_reference(svc, "x", x_key).await?;
+    let limits = svc.limits;
+    let spec = spec.clone();
+    let keys = svc.keys.clone();
+    let id = job_id.to_string();
+    let fan_in = svc.config.fan_in;
+    let cut = tokio::task::spawn_blocking(move || -> Result<_, JobError> {
+        let (a, x) = spec.load_inputs((a_bytes.as_deref(), x_bytes.as_deref()))?;
+        drop((a_bytes, x_bytes));
+        check_shapes(&a, &x, spec.tile_rows(), &limits)?;
+        let plan = TilePlan::new(a.rows(), a.cols(), spec.tile_rows());
+        let mut inputs = Vec::with_capacity(plan.len() + 1);
+        let mut a_digests = Vec::with_capacity(plan.len());
+        let x_blocks: Vec<_> = (0..plan.col_blocks())
+            .map(|b| x.block(b * plan.tile_cols, plan.tile_cols))
+            .collect();
+        for tile in plan.tiles() {
+            let blob = TileInputBlob {
+                row0: tile.row0 as u32,
+                col0: tile.col0 as u32,
+                a: a.tile(tile.row0, tile.col0, tile.rows, tile.cols),
+                x: x_blocks[tile.col_block].clone(),
+            };
+            a_digests.push(a_digest(&blob.a).to_hex());
+            inputs.push((keys.task_input(&id, tile.index), blob.to_bytes()));
+        }
+        let record = JobRecord {
+            job_id: id,
+            rows: a.rows(),
+            cols: a.cols(),
+            tile_rows: spec.tile_rows(),
+            reply_to,
+            started_unix_ms,
+            a_digests,
+            x_digests: x_blocks.iter().map(|b| x_digest(b).to_hex()).collect(),
+            fan_in,
+        };
+        Ok((record, inputs))
+    })
+    .await
+    .map_err(|e| JobError::Limit(format!("planning the job panicked: {e}")))?;
+    let (record, mut inputs) = cut?;
+    inputs.push((svc.keys.request(job_id), request.to_vec()));
+    let ttl = svc.ttl();
+    svc.store.put_all(inputs, ttl).await?;
+    starkscale_common::faults::crash_point("plan:inputs-stored");
+    // Planning again starts every task over.
+    svc.store.delete(&[svc.keys.tasks(job_id)]).await?;
+    svc.store
+        .put(&svc.keys.plan(job_id), &to_json(&record), ttl)
+        .await?;
+    let mut job = Job::new(record);
+    job.request = Some(request);
+    info!(job = %job_id, tiles = job.plan.len(), nodes = job.tree.len(), rows = job.plan.rows, cols = job.plan.cols, "job planned");
+    Ok(job)
+}
+
+async fn fetch_reference<B, S: Store>(
+    svc: &Services<B, S>,
+    what: &'static str,
+    key: Option<&str>,
+) -> Result<Option<Vec<u8>>, Refusal> {
+    let Some(key) = key else { return Ok(None) };
+    match svc.store.get(key).await {
+        Ok(Some(bytes)) => Ok(Some(bytes)),
+        Ok(None) => Err(JobError::MissingReference {
+            what,
+            key: key.to_string(),
+        }
+        .into()),
+        // The store refusing this key (it holds a hash, say) is the job's problem, not the fleet's.
+        Err(e) if !e.unavailable => Err(JobError::BadReference {
+            what,
+            key: key.to_string(),
+            message: e.message,
+        }
+        .into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A job that cannot run: a failed result for the client (stored, unless the message had no
+/// readable id), its claim released so the id can be submitted again, and the reason for the
+/// dead-lettered copy.
+pub(crate) async fn refuse<B: starkscale_common::broker::Broker, S: Store>(
+    svc: &Services<B, S>,
+    job_id: &str,
+    reply_to: Option<&str>,
+    started_unix_ms: Option<u64>,
+    error: JobError,
+) -> Failure {
+    let reason = error.to_string();
+    warn!(job = %job_id, %reason, "refusing job");
+    metrics::job_completed(JobStatus::Failed, None);
+    let result = JobResult {
+        job_id: job_id.to_string(),
+        status: JobStatus::Failed,
+        error: Some(reason.clone()),
+        y: None,
+        certificate_key: None,
+        tiles: 0,
+        nodes: 0,
+        wall_s: started_unix_ms.map_or(0.0, |t| unix_ms().saturating_sub(t) as f64 / 1000.0),
+        tile_s: 0.0,
+        reduce_s: 0.0,
+        task_timings: Vec::new(),
+    };
+    // An id this message never claimed may belong to another job of the same id: its result is
+    // stored only when no such job exists.
+    let store = started_unix_ms.is_some()
+        || match svc.store.get(&svc.keys.progress(job_id)).await {
+            Ok(progress) => progress.is_none() && job_id != "invalid",
+            Err(e) => return e.into(),
+        };
+    let published = match store {
+        true => crate::finish::publish_result(svc, &result, reply_to).await,
+        false => crate::finish::publish_unstored(svc, &result, reply_to).await,
+    };
+    if let Err(e) = published {
+        return e.into();
+    }
+    if started_unix_ms.is_some() {
+        let released = async {
+            svc.store.delete(&[svc.keys.progress(job_id)]).await?;
+            svc.store.delete_field(&svc.keys.open_jobs(), job_id).await
+        };
+        if let Err(e) = released.await {
+            return e.into();
+        }
+    }
+    Failure::Message(reason)
+}
+
+/// The id a job message that failed validation names, when it names a well-formed one: its
+/// client listens for the refusal under that id.
+fn readable_id(body: &[u8], limits: &starkscale_common::JobLimits) -> Option<String> {
+    if body.len() > limits.max_job_bytes {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let id = value.get("job_id")?.as_str()?;
+    starkscale_common::job::is_valid_job_id(id).then(|| id.to_string())
+}
+
+fn new_job_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("job-{nanos:x}")
+}
