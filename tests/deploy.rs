@@ -180,10 +180,15 @@ fn compose_file_follows_the_compose_spec_and_scales_workers() {
 #[test]
 fn kubernetes_manifests_match_their_schemas_and_keda_counts_unacked_tasks() {
     let k8s = repo("deploy/k8s");
-    let core: Vec<PathBuf> = ["namespace.yaml", "coordinator.yaml", "worker.yaml", "redis.yaml"]
-        .iter()
-        .map(|f| k8s.join(f))
-        .collect();
+    let core: Vec<PathBuf> = [
+        "namespace.yaml",
+        "coordinator.yaml",
+        "worker.yaml",
+        "redis.yaml",
+    ]
+    .iter()
+    .map(|f| k8s.join(f))
+    .collect();
     let kubernetes = |files: &[PathBuf]| {
         run(Command::new(python().with_file_name("kubernetes-validate"))
             .args(["--strict", "--no-warn"])
@@ -241,7 +246,12 @@ fn kubernetes_manifests_match_their_schemas_and_keda_counts_unacked_tasks() {
     // A copy of the directory whose trigger ignores tasks being proven.
     let copy = dir.path().join("k8s");
     std::fs::create_dir(&copy).unwrap();
-    for file in ["namespace.yaml", "coordinator.yaml", "worker.yaml", "redis.yaml"] {
+    for file in [
+        "namespace.yaml",
+        "coordinator.yaml",
+        "worker.yaml",
+        "redis.yaml",
+    ] {
         std::fs::copy(k8s.join(file), copy.join(file)).unwrap();
     }
     broken(

@@ -383,7 +383,10 @@ async fn duplicate_submissions_and_deliveries_change_nothing() {
     let again = next_result(&mut results).await;
     assert_eq!(again, result);
     let extra = tokio::time::timeout(Duration::from_secs(5), results.next()).await;
-    assert!(extra.is_err(), "one resubmission produced more than one answer");
+    assert!(
+        extra.is_err(),
+        "one resubmission produced more than one answer"
+    );
     let progress = fleet.progress("dup").await.unwrap();
     assert_eq!(
         (progress.status, progress.proven, progress.retries),

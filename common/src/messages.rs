@@ -102,6 +102,30 @@ pub struct JobResult {
     pub task_timings: Vec<TaskTiming>,
 }
 
+impl JobResult {
+    /// The failed result of a job that never got as far as a plan (refused, or lost before it
+    /// was planned), `started_unix_ms` being when it was received, if known.
+    pub fn failed_unplanned(
+        job_id: &str,
+        error: String,
+        started_unix_ms: Option<u64>,
+    ) -> JobResult {
+        JobResult {
+            job_id: job_id.to_string(),
+            status: JobStatus::Failed,
+            error: Some(error),
+            y: None,
+            certificate_key: None,
+            tiles: 0,
+            nodes: 0,
+            wall_s: started_unix_ms.map_or(0.0, |t| unix_ms().saturating_sub(t) as f64 / 1000.0),
+            tile_s: 0.0,
+            reduce_s: 0.0,
+            task_timings: Vec::new(),
+        }
+    }
+}
+
 /// How one task was proven.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -341,11 +365,7 @@ impl Keys {
     /// Every key a job of `tasks` tasks and up to `max_attempts` attempts holds while it runs
     /// (not its progress, result and certificate, which outlive it).
     pub fn working_set(&self, job_id: &str, tasks: usize, max_attempts: u32) -> Vec<String> {
-        let mut keys = vec![
-            self.plan(job_id),
-            self.tasks(job_id),
-            self.request(job_id),
-        ];
+        let mut keys = vec![self.plan(job_id), self.tasks(job_id), self.request(job_id)];
         for task in 0..tasks {
             keys.push(self.task_input(job_id, task));
             keys.extend((1..=max_attempts).map(|a| self.proof(job_id, task, a)));

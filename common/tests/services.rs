@@ -122,10 +122,15 @@ async fn a_message_redelivered_past_the_limit_is_dead_lettered() {
     for _ in 0..=DELIVERY_LIMIT {
         next(&mut tasks).await.nack(true).await.unwrap();
     }
-    let mut dead = broker.consume(&topology.dead(), 1, "d").await.unwrap();
-    let copy = next(&mut dead).await;
+    // The broker's dead letters go to the expired queue, for the coordinator, naming the queue
+    // they came from; the operators' dead queue gets nothing.
+    let mut expired = broker.consume(&topology.expired(), 1, "d").await.unwrap();
+    let copy = next(&mut expired).await;
     assert_eq!(copy.body, b"poison");
+    assert_eq!(copy.dead_letter_source(), Some(topology.tasks().as_str()));
+    assert_eq!(copy.dead_letter_reason(), Some("delivery_limit"));
     copy.ack().await.unwrap();
+    assert_eq!(broker.depth(&topology.dead()).await.unwrap().0, 0);
     broker.delete_topology().await.unwrap();
 }
 

@@ -75,7 +75,13 @@ pub(crate) fn check(expected: &Expected, proof: &[u8], allow_test: bool) -> Verd
             tile,
             a_digest,
             x_digest,
-        } => check_tile(tile, a_digest.as_deref(), x_digest.as_deref(), proof, allow_test),
+        } => check_tile(
+            tile,
+            a_digest.as_deref(),
+            x_digest.as_deref(),
+            proof,
+            allow_test,
+        ),
         Expected::Node {
             rows,
             facts,

@@ -4,13 +4,14 @@
 //!    here on the outcome does not change, whoever completes it;
 //! 2. **certificate** (on success): every accepted proof, assembled off the loop and stored; if a
 //!    proof vanished from the store the job is planned again instead (see [`crate::reconcile`]);
-//! 3. **result**: stored, then published to the results exchange (and `reply_to`, which is best
-//!    effort: a client's missing reply queue fails nothing);
-//! 4. **close**: progress becomes final, the working keys are deleted, the job leaves the
-//!    open-jobs index and the cache.
+//! 3. **result**: stored, progress made final, then the result published to the results
+//!    exchange (and `reply_to`, which is best effort: a client's missing reply queue fails
+//!    nothing);
+//! 4. **close**: the working keys are deleted, the job leaves the open-jobs index and the cache.
 //!
 //! A coordinator that stops after step 1 completes the job from its reconcile pass; one that
-//! stops after step 3 publishes the result once more (clients take the first).
+//! stops in step 3 or 4 leaves the ended job in the open-jobs index, and the next full pass
+//! publishes its stored result once more (clients take the first).
 
 use starkscale_cairo::certificate::Certificate;
 use starkscale_cairo::tree::RootOutput;
@@ -70,7 +71,10 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             match self.certificate(job).await? {
                 Certificated::Done(certificate, y) => {
                     let key = self.svc.keys.certificate(job_id);
-                    self.svc.store.put(&key, &certificate, self.svc.ttl()).await?;
+                    self.svc
+                        .store
+                        .put(&key, &certificate, self.svc.ttl())
+                        .await?;
                     result.y = Some(y);
                     result.certificate_key = Some(key);
                     result.task_timings = timings(job);
@@ -85,8 +89,14 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 }
             }
         }
-        publish_result(&self.svc, &result, reply_to.as_deref()).await?;
-        starkscale_common::faults::crash_point("finish:published");
+        // Stored and final before it is published: whoever hears the result can read both. A
+        // stop before the publication leaves the job in the open-jobs index, and the reconcile
+        // pass publishes the stored result.
+        let key = self.svc.keys.result(job_id);
+        self.svc
+            .store
+            .put(&key, &to_json(&result), self.svc.ttl())
+            .await?;
         if let Some(job) = self.jobs.get_mut(job_id) {
             job.status = result.status;
             job.ending = Some(Ending {
@@ -95,6 +105,9 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             });
         }
         self.save_progress(job_id).await?;
+        starkscale_common::faults::crash_point("finish:stored");
+        publish_unstored(&self.svc, &result, reply_to.as_deref()).await?;
+        starkscale_common::faults::crash_point("finish:published");
         let Some(job) = self.jobs.remove(job_id) else {
             return Ok(());
         };
@@ -237,20 +250,8 @@ pub(crate) async fn fail_unplanned<B: Broker, S: Store>(
     reason: String,
 ) -> Result<(), CoordinatorError> {
     warn!(job = %job_id, %reason, "failing a job that has no plan");
-    let wall_s = started_unix_ms.map_or(0.0, |t| unix_ms().saturating_sub(t) as f64 / 1000.0);
-    let result = JobResult {
-        job_id: job_id.to_string(),
-        status: JobStatus::Failed,
-        error: Some(reason.clone()),
-        y: None,
-        certificate_key: None,
-        tiles: 0,
-        nodes: 0,
-        wall_s,
-        tile_s: 0.0,
-        reduce_s: 0.0,
-        task_timings: Vec::new(),
-    };
+    let result = JobResult::failed_unplanned(job_id, reason.clone(), started_unix_ms);
+    let wall_s = result.wall_s;
     let progress = starkscale_common::messages::JobProgress {
         job_id: job_id.to_string(),
         status: JobStatus::Failed,
@@ -266,6 +267,8 @@ pub(crate) async fn fail_unplanned<B: Broker, S: Store>(
         .put(&svc.keys.progress(job_id), &to_json(&progress), svc.ttl())
         .await?;
     metrics::job_completed(JobStatus::Failed, Some(wall_s));
-    svc.store.delete_field(&svc.keys.open_jobs(), job_id).await?;
+    svc.store
+        .delete_field(&svc.keys.open_jobs(), job_id)
+        .await?;
     Ok(())
 }

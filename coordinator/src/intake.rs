@@ -112,13 +112,24 @@ pub(crate) async fn intake<B: starkscale_common::broker::Broker, S: Store>(
     };
     let request = Arc::new(delivery.body.clone());
     let reply_to = delivery.reply_to.clone();
-    match plan_job(&svc, &job_id, &spec, request, reply_to.clone(), started_unix_ms).await {
+    match plan_job(
+        &svc,
+        &job_id,
+        &spec,
+        request,
+        reply_to.clone(),
+        started_unix_ms,
+    )
+    .await
+    {
         Ok(mut job) => {
             job.plan_s = Some(received.elapsed().as_secs_f64());
             Ok(Intake::Planned(Box::new(job)))
         }
         Err(Refusal::Fleet(e)) => Err(e),
-        Err(Refusal::Job(e)) => Err(refuse(&svc, &job_id, reply_to.as_deref(), Some(started_unix_ms), e).await),
+        Err(Refusal::Job(e)) => {
+            Err(refuse(&svc, &job_id, reply_to.as_deref(), Some(started_unix_ms), e).await)
+        }
     }
 }
 
@@ -246,19 +257,7 @@ pub(crate) async fn refuse<B: starkscale_common::broker::Broker, S: Store>(
     let reason = error.to_string();
     warn!(job = %job_id, %reason, "refusing job");
     metrics::job_completed(JobStatus::Failed, None);
-    let result = JobResult {
-        job_id: job_id.to_string(),
-        status: JobStatus::Failed,
-        error: Some(reason.clone()),
-        y: None,
-        certificate_key: None,
-        tiles: 0,
-        nodes: 0,
-        wall_s: started_unix_ms.map_or(0.0, |t| unix_ms().saturating_sub(t) as f64 / 1000.0),
-        tile_s: 0.0,
-        reduce_s: 0.0,
-        task_timings: Vec::new(),
-    };
+    let result = JobResult::failed_unplanned(job_id, reason.clone(), started_unix_ms);
     // An id this message never claimed may belong to another job of the same id: its result is
     // stored only when no such job exists.
     let store = started_unix_ms.is_some()

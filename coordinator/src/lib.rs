@@ -76,7 +76,11 @@ pub struct CoordinatorConfig {
     #[arg(long, env = "STARKSCALE_MAX_DEAD_LETTERS", default_value_t = 2)]
     pub max_dead_letters: u32,
     /// Backoff before a dead-lettered task is published again, in milliseconds (doubling).
-    #[arg(long, env = "STARKSCALE_DEAD_LETTER_BACKOFF_MS", default_value_t = 5_000)]
+    #[arg(
+        long,
+        env = "STARKSCALE_DEAD_LETTER_BACKOFF_MS",
+        default_value_t = 5_000
+    )]
     pub dead_letter_backoff_ms: u64,
     /// Seconds the active coordinator's lease lasts unless renewed; a standby takes over
     /// within this long after the active one dies.
@@ -146,7 +150,14 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) {
         .fleet
         .serve("coordinator", &shutdown, |broker, store| {
             let cache = cache.clone();
-            serve_with(broker, store, &config, shutdown.clone(), cache, holder.clone())
+            serve_with(
+                broker,
+                store,
+                &config,
+                shutdown.clone(),
+                cache,
+                holder.clone(),
+            )
         })
         .await;
 }
@@ -158,7 +169,15 @@ pub async fn serve<B: Broker, S: Store>(
     config: &CoordinatorConfig,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
-    serve_with(broker, store, config, shutdown, Cache::default(), holder_name()).await
+    serve_with(
+        broker,
+        store,
+        config,
+        shutdown,
+        Cache::default(),
+        holder_name(),
+    )
+    .await
 }
 
 /// A name for this coordinator's lease, unique across processes and runs.
@@ -307,7 +326,7 @@ enum Next {
     Job(Delivery),
     Event(Delivery),
     Expired(Delivery),
-    Done(Done),
+    Done(Box<Done>),
     Reconcile,
     Due,
 }
@@ -357,7 +376,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 d = events.next() => Next::Event(d?),
                 d = expired.next() => Next::Expired(d?),
                 Some(done) = self.work.join_next() => match done {
-                    Ok(done) => Next::Done(done),
+                    Ok(done) => Next::Done(Box::new(done)),
                     Err(e) => {
                         // Only a bug panics here; its delivery went back to the queue.
                         error!(error = %e, "spawned work failed");
@@ -379,7 +398,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 }
                 Next::Event(delivery) => self.on_event(delivery).await?,
                 Next::Expired(delivery) => self.on_expired(delivery).await?,
-                Next::Done(done) => self.on_done(done).await?,
+                Next::Done(done) => self.on_done(*done).await?,
                 Next::Reconcile => {
                     let reconciled = self.reconcile(false).await;
                     internal(reconciled)?

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use starkscale_common::broker::Broker;
 use starkscale_common::job::{JobError, Request};
-use starkscale_common::messages::{unix_ms, Ending, JobProgress, JobRecord, JobStatus};
+use starkscale_common::messages::{unix_ms, Ending, JobProgress, JobRecord, JobStatus, TaskRecord};
 use starkscale_common::metrics;
 use starkscale_common::store::Store;
 use tracing::{info, warn};
@@ -110,10 +110,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                     self.jobs.remove(&id);
                     metrics::redriven("result", 1);
                     answer_from_store(&self.svc, &id, None).await?;
-                    self.svc
-                        .store
-                        .delete_field(&self.svc.keys.open_jobs(), &id)
-                        .await?;
+                    self.forget(&id).await?;
                 }
                 Some(p) if p.status == JobStatus::Planning => {
                     // Its message is unacked and comes back to be planned; unless it never does.
@@ -159,8 +156,38 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         if !restored.is_empty() {
             warn!(job = %job.id(), tasks = restored.len(), "the store lost accepted tasks; writing them back");
             let key = self.svc.keys.tasks(job.id());
-            self.svc.store.put_fields(&key, restored, self.svc.ttl()).await?;
+            self.svc
+                .store
+                .put_fields(&key, restored, self.svc.ttl())
+                .await?;
         }
+        Ok(())
+    }
+
+    /// Deletes an ended job's working keys (as its record and task records describe them) and
+    /// takes it out of the open-jobs index.
+    async fn forget(&self, job_id: &str) -> Result<(), Failure> {
+        let keys = &self.svc.keys;
+        let record = self.svc.store.get(&keys.plan(job_id)).await?;
+        if let Some(record) = record.and_then(|b| serde_json::from_slice::<JobRecord>(&b).ok()) {
+            let tasks = Job::new(record).tasks.len();
+            let attempts = self
+                .svc
+                .store
+                .fields(&keys.tasks(job_id))
+                .await?
+                .iter()
+                .filter_map(|(_, v)| serde_json::from_slice::<TaskRecord>(v).ok())
+                .map(|t| t.attempt)
+                .max()
+                .unwrap_or(1);
+            let working = keys.working_set(job_id, tasks, attempts);
+            self.svc.store.delete(&working).await?;
+        }
+        self.svc
+            .store
+            .delete_field(&keys.open_jobs(), job_id)
+            .await?;
         Ok(())
     }
 
@@ -237,7 +264,8 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             }
             Err(Refusal::Job(e)) => {
                 cached.status = JobStatus::Running;
-                let error = format!("the store lost the job's state, and planning it again failed: {e}");
+                let error =
+                    format!("the store lost the job's state, and planning it again failed: {e}");
                 self.finish(job_id, Ending::failed(error)).await
             }
             Err(Refusal::Fleet(failure)) => {
@@ -303,7 +331,9 @@ pub async fn bench_reconcile<B: Broker, S: Store>(
             .enumerate()
             .map(|(t, r)| (t.to_string(), to_json(r)))
             .collect();
-        svc.store.put_fields(&svc.keys.tasks(&id), fields, ttl).await?;
+        svc.store
+            .put_fields(&svc.keys.tasks(&id), fields, ttl)
+            .await?;
         job.status = JobStatus::Running;
         svc.store
             .put(&svc.keys.progress(&id), &to_json(&job.progress()), ttl)

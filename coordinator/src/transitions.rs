@@ -17,8 +17,7 @@
 use starkscale_common::broker::{Broker, Delivery, DELIVERY_LIMIT};
 use starkscale_common::job::JobError;
 use starkscale_common::messages::{
-    unix_ms, Ending, JobProgress, JobRecord, JobStatus, TaskEvent, TaskMsg, TaskOutcome,
-    TaskRecord,
+    unix_ms, Ending, JobProgress, JobRecord, JobStatus, TaskEvent, TaskMsg, TaskOutcome, TaskRecord,
 };
 use starkscale_common::metrics::{self, QueueRole};
 use starkscale_common::store::Store;
@@ -77,8 +76,13 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
     async fn on_task_event(
         &mut self,
         event: &TaskEvent,
-    ) -> Result<Option<(starkscale_common::messages::TaskKind, crate::acceptance::Expected)>, Failure>
-    {
+    ) -> Result<
+        Option<(
+            starkscale_common::messages::TaskKind,
+            crate::acceptance::Expected,
+        )>,
+        Failure,
+    > {
         let job_id = event.job_id.as_str();
         if !self.ensure_loaded(job_id).await? {
             return Ok(None); // a finished, cancelled or unknown job
@@ -108,11 +112,14 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 permanent: true,
             } => {
                 let error = format!("task {task} cannot be proven: {reason}");
-                self.finish(job_id, Ending::failed(error)).await.map(|()| None)
+                self.finish(job_id, Ending::failed(error))
+                    .await
+                    .map(|()| None)
             }
-            TaskOutcome::Failed { reason, .. } => {
-                self.retry(job_id, task, reason.clone()).await.map(|()| None)
-            }
+            TaskOutcome::Failed { reason, .. } => self
+                .retry(job_id, task, reason.clone())
+                .await
+                .map(|()| None),
             TaskOutcome::InputMissing { key } => {
                 let why = format!("the input of task {task} vanished from the store ({key})");
                 self.recover(job_id, why).await.map(|()| None)
@@ -231,7 +238,11 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         let ttl = self.svc.ttl();
         let inputs: Vec<(String, Vec<u8>)> = due
             .iter()
-            .filter_map(|&t| job.node(t).and_then(|n| job.reduce_input(n)).map(|i| (t, i)))
+            .filter_map(|&t| {
+                job.node(t)
+                    .and_then(|n| job.reduce_input(n))
+                    .map(|i| (t, i))
+            })
             .map(|(t, input)| (self.svc.keys.task_input(job_id, t), input.to_bytes()))
             .collect();
         self.svc.store.put_all(inputs, ttl).await?;
@@ -268,7 +279,9 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         let ids: Vec<String> = self
             .jobs
             .iter()
-            .filter(|(_, j)| j.status == JobStatus::Running && j.next_due_ms().is_some_and(|t| t <= now))
+            .filter(|(_, j)| {
+                j.status == JobStatus::Running && j.next_due_ms().is_some_and(|t| t <= now)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
@@ -280,7 +293,10 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
     /// A message the broker dead-lettered after its delivery limit.
     pub(crate) async fn on_expired(&mut self, delivery: Delivery) -> Result<(), CoordinatorError> {
         let expired = self.svc.broker.topology().expired();
-        let source = delivery.dead_letter_source().unwrap_or_default().to_string();
+        let source = delivery
+            .dead_letter_source()
+            .unwrap_or_default()
+            .to_string();
         let reason = delivery
             .dead_letter_reason()
             .unwrap_or("delivery limit")
@@ -309,12 +325,21 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             self.svc.config.max_dead_letters,
             self.svc.config.dead_letter_backoff_ms,
         );
-        let job = self.jobs.get_mut(job_id).ok_or(Failure::Message("gone".into()))?;
+        let job = self
+            .jobs
+            .get_mut(job_id)
+            .ok_or(Failure::Message("gone".into()))?;
         let kind = job.kind(msg.task);
         let Some(record) = job.tasks.get_mut(msg.task) else {
-            return Err(Failure::Message(format!("no task {} in job {job_id}", msg.task)));
+            return Err(Failure::Message(format!(
+                "no task {} in job {job_id}",
+                msg.task
+            )));
         };
-        if job.status != JobStatus::Running || record.output.is_some() || record.attempt != msg.attempt {
+        if job.status != JobStatus::Running
+            || record.output.is_some()
+            || record.attempt != msg.attempt
+        {
             return Ok(()); // superseded: the task moved on without this copy
         }
         record.dead_letters += 1;
@@ -351,7 +376,14 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             "the coordinator could not handle this job in {DELIVERY_LIMIT} deliveries ({reason})"
         ));
         let started = (job_id != "invalid").then(unix_ms);
-        Err(crate::intake::refuse(&self.svc, &job_id, delivery.reply_to.as_deref(), started, error).await)
+        Err(crate::intake::refuse(
+            &self.svc,
+            &job_id,
+            delivery.reply_to.as_deref(),
+            started,
+            error,
+        )
+        .await)
     }
 
     /// A cancel request: a running job ends now, with its keys freed.

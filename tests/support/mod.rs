@@ -94,7 +94,11 @@ pub fn starkscale(args: &[&str], prefix: &str) -> std::process::Output {
 }
 
 /// Runs one `starkscale` command under `prefix` with extra environment.
-pub fn starkscale_with(args: &[&str], prefix: &str, env: &[(&str, String)]) -> std::process::Output {
+pub fn starkscale_with(
+    args: &[&str],
+    prefix: &str,
+    env: &[(&str, String)],
+) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_starkscale"))
         .args(args)
         .env("STARKSCALE_PREFIX", prefix)

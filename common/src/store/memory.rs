@@ -271,11 +271,18 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert!(s.lease("l", "two", short).await.unwrap(), "taken over");
         assert!(!s.lease("l", "one", short).await.unwrap());
-        s.put_fields("h", vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())], short)
-            .await
-            .unwrap();
+        s.put_fields(
+            "h",
+            vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())],
+            short,
+        )
+        .await
+        .unwrap();
         s.delete_field("h", "a").await.unwrap();
-        assert_eq!(s.fields("h").await.unwrap(), vec![("b".into(), b"2".to_vec())]);
+        assert_eq!(
+            s.fields("h").await.unwrap(),
+            vec![("b".into(), b"2".to_vec())]
+        );
         assert_eq!(
             s.exist(&["h".into(), "zz".into()]).await.unwrap(),
             vec![true, false]
