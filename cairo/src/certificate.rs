@@ -121,7 +121,7 @@ impl Certificate {
             tile_cols: root.tile_cols,
             a_commitment: root.a_commitment,
             x_commitment: root.x_commitment,
-            program_hashes: Pinned::ALL.map(Pinned::hash),
+            program_hashes: Pinned::MATVEC.map(Pinned::hash),
             y: root.y.clone(),
             proofs,
         }
@@ -310,7 +310,7 @@ pub fn verify_certificate(
 ) -> Result<VerifiedCertificate, CertificateError> {
     let started = Instant::now();
     let cert = Certificate::from_bytes(bytes)?;
-    for (program, found) in Pinned::ALL.into_iter().zip(cert.program_hashes) {
+    for (program, found) in Pinned::MATVEC.into_iter().zip(cert.program_hashes) {
         if program.hash() != found {
             return Err(CertificateError::ProgramHash {
                 program: program.name(),
@@ -335,6 +335,9 @@ pub fn verify_certificate(
             Pinned::Map => Statement::Map(MapOutput::from_words(&words).map_err(bad)?),
             Pinned::Reduce => Statement::Node(NodeOutput::from_words(&words).map_err(bad)?),
             Pinned::Root => Statement::Root(RootOutput::from_words(&words).map_err(bad)?),
+            Pinned::Batch | Pinned::BatchRoot => {
+                return Err(bad("a batch segment in a matrix-vector certificate".into()))
+            }
         };
         entries.push(Entry {
             fact: encoding::fact(&program.hash(), &words),
@@ -388,6 +391,7 @@ fn check_order(entries: &[Entry]) -> Result<(), CertificateError> {
             (false, Pinned::Root) => Pinned::Reduce,
             (false, Pinned::Map) if seen_node => Pinned::Reduce,
             (false, Pinned::Map) => continue,
+            (false, Pinned::Batch | Pinned::BatchRoot) => Pinned::Map,
             (false, Pinned::Reduce) => {
                 seen_node = true;
                 continue;

@@ -14,6 +14,7 @@
 //! - [`verify`]: [`verify_tile`] pins program hash, preprocessed root and parameters, and never
 //!   panics on hostile bytes.
 
+pub mod batch;
 pub mod certificate;
 pub mod encoding;
 mod hints;

@@ -16,6 +16,10 @@ pub const MAP_PROGRAM_JSON: &[u8] = include_bytes!("../programs/map.json");
 pub const REDUCE_PROGRAM_JSON: &[u8] = include_bytes!("../programs/reduce.json");
 /// `programs/root.cairo`: the root of the reduce tree.
 pub const ROOT_PROGRAM_JSON: &[u8] = include_bytes!("../programs/root.json");
+/// `programs/batch.cairo`: one segment of a batch job's weights, inputs or outputs stream.
+pub const BATCH_PROGRAM_JSON: &[u8] = include_bytes!("../programs/batch.json");
+/// `programs/batch_root.cairo`: the root of a batch job.
+pub const BATCH_ROOT_PROGRAM_JSON: &[u8] = include_bytes!("../programs/batch_root.json");
 /// The kernel without its digest chains, for measuring what binding costs. Never verified.
 pub const MAP_UNBOUND_PROGRAM_JSON: &[u8] = include_bytes!("../programs/map_unbound.json");
 
@@ -28,18 +32,31 @@ pub enum Pinned {
     Map,
     Reduce,
     Root,
+    Batch,
+    BatchRoot,
 }
 
 impl Pinned {
-    pub const ALL: [Pinned; 3] = [Pinned::Map, Pinned::Reduce, Pinned::Root];
+    pub const ALL: [Pinned; 5] = [
+        Pinned::Map,
+        Pinned::Reduce,
+        Pinned::Root,
+        Pinned::Batch,
+        Pinned::BatchRoot,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Pinned::Map => "map",
             Pinned::Reduce => "reduce",
             Pinned::Root => "root",
+            Pinned::Batch => "batch",
+            Pinned::BatchRoot => "batch root",
         }
     }
+
+    /// The programs of a matrix-vector certificate, in the order it lists their hashes.
+    pub const MATVEC: [Pinned; 3] = [Pinned::Map, Pinned::Reduce, Pinned::Root];
 
     fn index(self) -> usize {
         self as usize
@@ -50,20 +67,23 @@ impl Pinned {
             Pinned::Map => MAP_PROGRAM_JSON,
             Pinned::Reduce => REDUCE_PROGRAM_JSON,
             Pinned::Root => ROOT_PROGRAM_JSON,
+            Pinned::Batch => BATCH_PROGRAM_JSON,
+            Pinned::BatchRoot => BATCH_ROOT_PROGRAM_JSON,
         }
     }
 
     /// The program, loaded once per process.
     pub fn program(self) -> &'static Program {
-        static PROGRAMS: [OnceLock<Program>; 3] =
-            [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        static PROGRAMS: [OnceLock<Program>; Pinned::ALL.len()] =
+            [const { OnceLock::new() }; Pinned::ALL.len()];
         PROGRAMS[self.index()].get_or_init(|| load(self.json()))
     }
 
     /// Blake2s hash of the bytecode as it appears in a proof's public memory (the hash
     /// stwo-cairo's verifier reports), computed from the embedded program.
     pub fn hash(self) -> Digest {
-        static HASHES: [OnceLock<Digest>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        static HASHES: [OnceLock<Digest>; Pinned::ALL.len()] =
+            [const { OnceLock::new() }; Pinned::ALL.len()];
         *HASHES[self.index()].get_or_init(|| Digest(encode_and_hash_memory_section(self.section())))
     }
 
@@ -78,8 +98,8 @@ impl Pinned {
     /// proof envelope elides a program section only when it equals this exactly, so a mismatch
     /// here can only cost size, never correctness.
     pub(crate) fn section(self) -> &'static Section {
-        static SECTIONS: [OnceLock<Section>; 3] =
-            [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        static SECTIONS: [OnceLock<Section>; Pinned::ALL.len()] =
+            [const { OnceLock::new() }; Pinned::ALL.len()];
         SECTIONS[self.index()].get_or_init(|| section_of(self.program()))
     }
 }

@@ -123,6 +123,21 @@ pub fn run_program(
     })
 }
 
+/// Runs a pinned program with cairo-vm's built-in hints plus `extra_hints` by hint code.
+pub(crate) fn run_pinned(
+    program: Pinned,
+    max_steps: usize,
+    extra_hints: HashMap<String, Rc<HintFunc>>,
+) -> Result<ProgramRun, KernelError> {
+    let mut hints = BuiltinHintProcessor::new(extra_hints, RunResources::new(max_steps));
+    let (runner, input, stats) = execute(program.program(), &mut hints, max_steps)?;
+    Ok(ProgramRun {
+        output: output_words(&runner)?,
+        input,
+        stats,
+    })
+}
+
 /// Runs `reduce.cairo` or `root.cairo` (as `input.root` says) on a node's children.
 pub fn run_reduce(input: &ReduceInput, max_steps: usize) -> Result<ProgramRun, KernelError> {
     let kind = input.child_kind();

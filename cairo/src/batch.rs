@@ -1,0 +1,746 @@
+//! The batch protocol's encodings and arithmetic, natively: what the segment kernel
+//! (`programs/batch.cairo`) and the batch root (`programs/batch_root.cairo`) compute, so that a
+//! planner can feed them and a verifier can recompute every commitment without stwo.
+//! `docs/batch.md` is the prose version and the soundness argument.
+//!
+//! - A job is Y = A·X for int8 weights A (M × K) and a batch of B int8 inputs; files and
+//!   [`Rows`] hold one input (X, B × K) and one output (Y, B × M, int32) per row.
+//! - **Streams**: the weights as Aᵀ (K rows of M), the inputs (B rows of K) and the outputs
+//!   (B rows of M). Each entry is one u32 word, value + 128 (int8) or value + 2^31 (int32); each
+//!   row is padded with zero values to whole chunks of 16 words.
+//! - **Chains**: chunk column c of a stream is hashed on its own: Blake2s-256 over the 16 words
+//!   of chunk c of every row, top to bottom. A stream's **commitment** is
+//!   Blake2s(kind, height, row length, chain digests…); it does not depend on how the stream is
+//!   cut into tasks.
+//! - **Seed** = Blake2s(root kind, M, K, B, A, X and Y commitments); the challenges are
+//!   σ = Blake2s(seed ‖ 1) and ρ = Blake2s(seed ‖ 2) read as field elements.
+//! - **Check**: with v = σᵀA (v_k = Σ_i σ^i A[i][k]), Σ_j ρ^j (v · x_j) = Σ_j ρ^j Σ_i σ^i y_j[i].
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use blake2::{Blake2s256, Digest as _};
+use cairo_vm::hint_processor::builtin_hint_processor::blake2s_hash::blake2s_compress;
+use cairo_vm::hint_processor::builtin_hint_processor::builtin_hint_processor_definition::HintFunc;
+use cairo_vm::hint_processor::builtin_hint_processor::hint_utils::{
+    get_integer_from_var_name, get_ptr_from_var_name, insert_value_from_var_name,
+};
+use cairo_vm::types::relocatable::MaybeRelocatable;
+use cairo_vm::vm::errors::hint_errors::HintError;
+use cairo_vm::Felt252;
+
+use crate::encoding::{blake2s_words, Digest, Fact, FORMAT_VERSION};
+use crate::program::Pinned;
+use crate::run::{run_pinned, ProgramRun};
+use crate::tree::Child;
+use crate::KernelError;
+
+pub const KIND_WEIGHTS: u32 = 4;
+pub const KIND_INPUTS: u32 = 5;
+pub const KIND_OUTPUTS: u32 = 6;
+pub const KIND_BATCH_ROOT: u32 = 7;
+/// Words per chunk: one Blake2s block.
+pub const CHUNK: usize = 16;
+/// The kernel's limits (batch.cairo): dimensions and stream heights.
+pub const MAX_DIM: usize = 1 << 24;
+pub const MAX_STREAM_ROWS: usize = 1 << 25;
+/// Words of a segment output before its chains.
+const SEGMENT_HEADER: usize = 32;
+/// Blake2s-256's initial state: IV xor the parameter block (32-byte digest, no key).
+pub const INITIAL_STATE: [u32; 8] = [
+    0x6b08_e647,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
+/// A batch job's dimensions: A is M × K, the batch has B inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub m: usize,
+    pub k: usize,
+    pub b: usize,
+}
+
+impl Shape {
+    pub fn macs(&self) -> u64 {
+        (self.m * self.k * self.b) as u64
+    }
+}
+
+/// One of the three streams of a batch job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Weights,
+    Inputs,
+    Outputs,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 3] = [Stream::Weights, Stream::Inputs, Stream::Outputs];
+
+    pub fn kind(self) -> u32 {
+        match self {
+            Stream::Weights => KIND_WEIGHTS,
+            Stream::Inputs => KIND_INPUTS,
+            Stream::Outputs => KIND_OUTPUTS,
+        }
+    }
+
+    pub fn from_kind(kind: u32) -> Option<Stream> {
+        Stream::ALL.into_iter().find(|s| s.kind() == kind)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Weights => "weights",
+            Stream::Inputs => "inputs",
+            Stream::Outputs => "outputs",
+        }
+    }
+
+    /// What a stored word adds to the entry's value.
+    pub fn offset(self) -> i64 {
+        match self {
+            Stream::Weights | Stream::Inputs => 128,
+            Stream::Outputs => 1 << 31,
+        }
+    }
+
+    /// Entries per row.
+    pub fn row_len(self, shape: &Shape) -> usize {
+        match self {
+            Stream::Weights | Stream::Outputs => shape.m,
+            Stream::Inputs => shape.k,
+        }
+    }
+
+    /// Rows in the whole stream.
+    pub fn height(self, shape: &Shape) -> usize {
+        match self {
+            Stream::Weights => shape.k,
+            Stream::Inputs | Stream::Outputs => shape.b,
+        }
+    }
+
+    /// Chunk columns: 16-word chunks per padded row.
+    pub fn chunks(self, shape: &Shape) -> usize {
+        self.row_len(shape).div_ceil(CHUNK)
+    }
+}
+
+/// Rows of equal length, int8 or int32, row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rows {
+    I8 { width: usize, data: Vec<i8> },
+    I32 { width: usize, data: Vec<i32> },
+}
+
+impl Rows {
+    pub fn width(&self) -> usize {
+        match self {
+            Rows::I8 { width, .. } | Rows::I32 { width, .. } => *width,
+        }
+    }
+
+    pub fn height(&self) -> usize {
+        match self {
+            Rows::I8 { width, data } => data.len() / width.max(&1),
+            Rows::I32 { width, data } => data.len() / width.max(&1),
+        }
+    }
+
+    pub fn get(&self, row: usize, col: usize) -> i64 {
+        match self {
+            Rows::I8 { width, data } => data[row * width + col] as i64,
+            Rows::I32 { width, data } => data[row * width + col] as i64,
+        }
+    }
+
+    /// Rows `start..start + n`.
+    pub fn slice(&self, start: usize, n: usize) -> Rows {
+        match self {
+            Rows::I8 { width, data } => Rows::I8 {
+                width: *width,
+                data: data[start * width..(start + n) * width].to_vec(),
+            },
+            Rows::I32 { width, data } => Rows::I32 {
+                width: *width,
+                data: data[start * width..(start + n) * width].to_vec(),
+            },
+        }
+    }
+
+    /// The transpose (int8 only: the weights stream is Aᵀ).
+    pub fn transpose_i8(&self) -> Rows {
+        let (w, h) = (self.width(), self.height());
+        let mut data = vec![0i8; w * h];
+        for r in 0..h {
+            for c in 0..w {
+                data[c * h + r] = self.get(r, c) as i8;
+            }
+        }
+        Rows::I8 { width: h, data }
+    }
+
+    /// The 16 words of chunk `chunk` of row `row`, entries stored as value + `offset`, padded
+    /// with zero values.
+    pub fn chunk_words(&self, row: usize, chunk: usize, offset: i64) -> [u32; CHUNK] {
+        let mut words = [offset as u32; CHUNK];
+        let start = chunk * CHUNK;
+        let end = (start + CHUNK).min(self.width());
+        for (i, col) in (start..end).enumerate() {
+            words[i] = (self.get(row, col) + offset) as u32;
+        }
+        words
+    }
+}
+
+/// Y = A·X with one input per row of `x` (B × K) and one output per row of the result (B × M).
+pub fn multiply(a: &Rows, x: &Rows) -> Rows {
+    let (m, k) = (a.height(), a.width());
+    let b = x.height();
+    let mut data = vec![0i32; b * m];
+    for j in 0..b {
+        for i in 0..m {
+            let mut acc = 0i64;
+            for c in 0..k {
+                acc += a.get(i, c) * x.get(j, c);
+            }
+            data[j * m + i] = acc as i32;
+        }
+    }
+    Rows::I32 { width: m, data }
+}
+
+/// Digest of every chunk column of `rows` (a whole stream), stored with `offset`.
+pub fn chain_digests(rows: &Rows, offset: i64) -> Vec<Digest> {
+    let chunks = rows.width().div_ceil(CHUNK);
+    (0..chunks)
+        .map(|c| {
+            let mut hasher = Blake2s256::new();
+            for r in 0..rows.height() {
+                for w in rows.chunk_words(r, c, offset) {
+                    hasher.update(w.to_le_bytes());
+                }
+            }
+            Digest::from_bytes(hasher.finalize().into())
+        })
+        .collect()
+}
+
+/// Every chain's state after the first `upto` rows (not finalized): what a segment starting at
+/// row `upto` continues from.
+pub fn chain_states(rows: &Rows, offset: i64, upto: usize) -> Vec<[u32; 8]> {
+    let chunks = rows.width().div_ceil(CHUNK);
+    (0..chunks)
+        .map(|c| {
+            let mut state = INITIAL_STATE;
+            for r in 0..upto {
+                let block = rows.chunk_words(r, c, offset);
+                let counter = (64 * (r + 1)) as u32;
+                let next = blake2s_compress(&state, &block, counter, 0, 0, 0);
+                state.copy_from_slice(&next);
+            }
+            state
+        })
+        .collect()
+}
+
+/// A stream's commitment: Blake2s(kind, height, row length, chain digests…).
+pub fn commitment(stream: Stream, shape: &Shape, digests: &[Digest]) -> Digest {
+    let mut words = vec![
+        stream.kind(),
+        stream.height(shape) as u32,
+        stream.row_len(shape) as u32,
+    ];
+    words.extend(digests.iter().flat_map(|d| d.0));
+    blake2s_words(&words)
+}
+
+/// The commitment of a whole stream given as rows (`a` for the weights: it is transposed here).
+pub fn commit(stream: Stream, shape: &Shape, rows: &Rows) -> Digest {
+    let digests = match stream {
+        Stream::Weights => chain_digests(&rows.transpose_i8(), stream.offset()),
+        _ => chain_digests(rows, stream.offset()),
+    };
+    commitment(stream, shape, &digests)
+}
+
+/// The job's seed: Blake2s(root kind, M, K, B, A, X and Y commitments).
+pub fn seed(shape: &Shape, a: &Digest, x: &Digest, y: &Digest) -> Digest {
+    let mut words = vec![
+        KIND_BATCH_ROOT,
+        shape.m as u32,
+        shape.k as u32,
+        shape.b as u32,
+    ];
+    for d in [a, x, y] {
+        words.extend_from_slice(&d.0);
+    }
+    blake2s_words(&words)
+}
+
+/// Σ w_i 2^(32 i) modulo the field prime.
+pub fn felt_of_words(words: &[u32]) -> Felt252 {
+    let shift = Felt252::from(1u64 << 32);
+    words
+        .iter()
+        .rev()
+        .fold(Felt252::ZERO, |acc, &w| acc * shift + Felt252::from(w))
+}
+
+/// The canonical 8 little-endian u32 limbs of a field element.
+pub fn words_of_felt(value: &Felt252) -> [u32; 8] {
+    crate::program::felt_to_limbs(value)
+}
+
+/// Challenge `tag` of a job: Blake2s(seed ‖ tag) as a field element (1 = σ, 2 = ρ).
+pub fn challenge(seed: &Digest, tag: u32) -> Felt252 {
+    let mut words = seed.0.to_vec();
+    words.push(tag);
+    felt_of_words(&blake2s_words(&words).0)
+}
+
+fn signed(value: i64) -> Felt252 {
+    Felt252::from(value)
+}
+
+/// v = σᵀA: v_k = Σ_i σ^i A[i][k].
+pub fn weights_vector(a: &Rows, sigma: &Felt252) -> Vec<Felt252> {
+    let mut v = vec![Felt252::ZERO; a.width()];
+    let mut power = Felt252::ONE;
+    for i in 0..a.height() {
+        for (k, vk) in v.iter_mut().enumerate() {
+            *vk += power * signed(a.get(i, k));
+        }
+        power *= sigma;
+    }
+    v
+}
+
+/// Σ_j ρ^(row0 + j) (m · row_j) for the rows of a segment starting at stream row `row0`.
+pub fn weighted_sum(rows: &Rows, multipliers: &[Felt252], rho: &Felt252, row0: usize) -> Felt252 {
+    let mut power = rho.pow(row0 as u128);
+    let mut total = Felt252::ZERO;
+    for j in 0..rows.height() {
+        let mut dot = Felt252::ZERO;
+        for (i, m) in multipliers.iter().enumerate().take(rows.width()) {
+            dot += *m * signed(rows.get(j, i));
+        }
+        total += power * dot;
+        power *= rho;
+    }
+    total
+}
+
+/// σ^0 … σ^(n-1).
+pub fn powers(sigma: &Felt252, n: usize) -> Vec<Felt252> {
+    let mut out = Vec::with_capacity(n);
+    let mut p = Felt252::ONE;
+    for _ in 0..n {
+        out.push(p);
+        p *= sigma;
+    }
+    out
+}
+
+/// What one segment task proves: rows `row0..row0 + rows` of one stream.
+#[derive(Debug, Clone)]
+pub struct SegmentInput {
+    pub stream: Stream,
+    pub shape: Shape,
+    pub row0: usize,
+    /// The segment's rows (the weights stream's rows are columns of A).
+    pub data: Rows,
+    pub seed: Digest,
+    /// Each chain's state before the segment.
+    pub states: Vec<[u32; 8]>,
+    /// v as 8 limbs per entry (inputs only).
+    pub v_words: Vec<u32>,
+}
+
+impl SegmentInput {
+    pub fn rows(&self) -> usize {
+        self.data.height()
+    }
+
+    pub fn chunks(&self) -> usize {
+        self.stream.chunks(&self.shape)
+    }
+
+    /// Checks what the kernel would refuse, so that a bad plan fails with a reason.
+    pub fn check(&self) -> Result<(), KernelError> {
+        let bad = |m: String| Err(KernelError::InvalidTile(m));
+        let s = &self.shape;
+        if [s.m, s.k, s.b].iter().any(|&d| d == 0 || d > MAX_DIM) {
+            return bad(format!("batch shape {s:?} outside 1..={MAX_DIM}"));
+        }
+        let height = self.stream.height(s);
+        if height > MAX_STREAM_ROWS {
+            return bad(format!("{} stream of {height} rows", self.stream.name()));
+        }
+        if self.rows() == 0 || self.row0 + self.rows() > height {
+            return bad(format!(
+                "segment rows {}..{} outside the {} stream's {height}",
+                self.row0,
+                self.row0 + self.rows(),
+                self.stream.name()
+            ));
+        }
+        if self.data.width() != self.stream.row_len(s) {
+            return bad(format!(
+                "segment rows of {} entries, the {} stream's are {}",
+                self.data.width(),
+                self.stream.name(),
+                self.stream.row_len(s)
+            ));
+        }
+        let int32 = matches!(self.data, Rows::I32 { .. });
+        if int32 != (self.stream == Stream::Outputs) {
+            return bad("segment dtype does not match its stream".into());
+        }
+        if self.states.len() != self.chunks() {
+            return bad("one chain state per chunk column is needed".into());
+        }
+        let v_len = if self.stream == Stream::Inputs {
+            8 * s.k
+        } else {
+            0
+        };
+        if self.v_words.len() != v_len {
+            return bad("v is needed exactly for an inputs segment".into());
+        }
+        Ok(())
+    }
+}
+
+/// The public output of a segment run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentOutput {
+    pub stream: Stream,
+    pub shape: Shape,
+    pub row0: usize,
+    pub rows: usize,
+    pub last: bool,
+    pub seed: Digest,
+    pub t: [u32; 8],
+    pub v_digest: Digest,
+    /// Per chunk column: (state before, state after).
+    pub chains: Vec<([u32; 8], [u32; 8])>,
+    /// Weights only: v_r limbs for each row of the segment.
+    pub v: Vec<[u32; 8]>,
+}
+
+fn eight(words: &[u32]) -> [u32; 8] {
+    let mut out = [0u32; 8];
+    out.copy_from_slice(&words[..8]);
+    out
+}
+
+impl SegmentOutput {
+    pub fn from_words(words: &[u32]) -> Result<SegmentOutput, String> {
+        if words.len() < SEGMENT_HEADER {
+            return Err(format!("segment output of {} words", words.len()));
+        }
+        if words[0] != FORMAT_VERSION {
+            return Err(format!("format version {}", words[0]));
+        }
+        let stream = Stream::from_kind(words[1])
+            .ok_or_else(|| format!("kind {} is not a batch segment", words[1]))?;
+        let shape = Shape {
+            m: words[2] as usize,
+            k: words[3] as usize,
+            b: words[4] as usize,
+        };
+        let (row0, rows) = (words[5] as usize, words[6] as usize);
+        let chunks = stream.chunks(&shape);
+        let v_rows = if stream == Stream::Weights { rows } else { 0 };
+        let expected = SEGMENT_HEADER + 16 * chunks + 8 * v_rows;
+        if words.len() != expected {
+            return Err(format!(
+                "segment output has {} words, its header implies {expected}",
+                words.len()
+            ));
+        }
+        let chains_at = SEGMENT_HEADER;
+        let v_at = chains_at + 16 * chunks;
+        Ok(SegmentOutput {
+            stream,
+            shape,
+            row0,
+            rows,
+            last: words[7] == 1,
+            seed: Digest(eight(&words[8..])),
+            t: eight(&words[16..]),
+            v_digest: Digest(eight(&words[24..])),
+            chains: words[chains_at..v_at]
+                .chunks_exact(16)
+                .map(|c| (eight(c), eight(&c[8..])))
+                .collect(),
+            v: words[v_at..].chunks_exact(8).map(eight).collect(),
+        })
+    }
+}
+
+/// Runs the segment kernel on `input`.
+pub fn run_segment(input: &SegmentInput, max_steps: usize) -> Result<ProgramRun, KernelError> {
+    input.check()?;
+    let input = Arc::new(input.clone());
+    let mut hints: HashMap<String, Rc<HintFunc>> = HashMap::new();
+
+    let seg = input.clone();
+    hints.insert(
+        "starkscale_batch_segment".into(),
+        Rc::new(HintFunc(Box::new(move |vm, _scopes, ids, ap, _consts| {
+            let values = [
+                ("kind", seg.stream.kind() as usize),
+                ("m", seg.shape.m),
+                ("k", seg.shape.k),
+                ("b", seg.shape.b),
+                ("row0", seg.row0),
+                ("rows", seg.rows()),
+                ("chunks", seg.chunks()),
+            ];
+            for (name, value) in values {
+                insert_value_from_var_name(name, Felt252::from(value), vm, ids, ap)?;
+            }
+            let v = vm.add_memory_segment();
+            let cells: Vec<MaybeRelocatable> = seg
+                .v_words
+                .iter()
+                .map(|&w| Felt252::from(w).into())
+                .collect();
+            vm.load_data(v, &cells)?;
+            insert_value_from_var_name("v_words", v, vm, ids, ap)?;
+            let out = get_ptr_from_var_name("out", vm, ids, ap)?;
+            let seed: Vec<MaybeRelocatable> = seg.seed.0.iter().map(|&w| Felt252::from(w).into()).collect();
+            vm.load_data((out + 8usize)?, &seed)?;
+            for (c, state) in seg.states.iter().enumerate() {
+                let cells: Vec<MaybeRelocatable> =
+                    state.iter().map(|&w| Felt252::from(w).into()).collect();
+                vm.load_data((out + (SEGMENT_HEADER + 16 * c))?, &cells)?;
+            }
+            Ok(())
+        }))),
+    );
+
+    // The row hint runs once per (chunk column, row), columns outer, rows inner: the kernel's
+    // order. A program that asked in another order would only hash words it did not expect.
+    let calls = AtomicUsize::new(0);
+    let seg = input.clone();
+    hints.insert(
+        "starkscale_batch_row".into(),
+        Rc::new(HintFunc(Box::new(move |vm, _scopes, _ids, _ap, _consts| {
+            let i = calls.fetch_add(1, Ordering::Relaxed);
+            let rows = seg.rows();
+            let (chunk, row) = (i / rows, i % rows);
+            if chunk >= seg.chunks() {
+                return Err(HintError::CustomHint("more rows asked for than the segment has".into()));
+            }
+            let words = seg.data.chunk_words(row, chunk, seg.stream.offset());
+            let cells: Vec<MaybeRelocatable> = words.iter().map(|&w| Felt252::from(w).into()).collect();
+            vm.load_data(vm.get_ap(), &cells)?;
+            Ok(())
+        }))),
+    );
+
+    hints.insert(
+        "starkscale_limbs".into(),
+        Rc::new(HintFunc(Box::new(|vm, _scopes, ids, ap, _consts| {
+            let value = get_integer_from_var_name("value", vm, ids, ap)?;
+            let dst = get_ptr_from_var_name("dst", vm, ids, ap)?;
+            let cells: Vec<MaybeRelocatable> = words_of_felt(&value)
+                .iter()
+                .map(|&w| Felt252::from(w).into())
+                .collect();
+            vm.load_data(dst, &cells)?;
+            Ok(())
+        }))),
+    );
+
+    run_pinned(Pinned::Batch, max_steps, hints)
+}
+
+/// The inputs of one segment of `stream`, planned natively from the whole job.
+#[derive(Debug)]
+pub struct Planner<'a> {
+    pub shape: Shape,
+    pub at: Rows,
+    pub x: &'a Rows,
+    pub y: &'a Rows,
+    pub seed: Digest,
+    pub v: Vec<Felt252>,
+}
+
+impl<'a> Planner<'a> {
+    /// Commits to A, X and Y and derives the challenges.
+    pub fn new(a: &Rows, x: &'a Rows, y: &'a Rows) -> Planner<'a> {
+        let shape = Shape {
+            m: a.height(),
+            k: a.width(),
+            b: x.height(),
+        };
+        let at = a.transpose_i8();
+        let com_a = commitment(
+            Stream::Weights,
+            &shape,
+            &chain_digests(&at, Stream::Weights.offset()),
+        );
+        let com_x = commit(Stream::Inputs, &shape, x);
+        let com_y = commit(Stream::Outputs, &shape, y);
+        let seed = seed(&shape, &com_a, &com_x, &com_y);
+        let sigma = challenge(&seed, 1);
+        let v = weights_vector(a, &sigma);
+        Planner {
+            shape,
+            at,
+            x,
+            y,
+            seed,
+            v,
+        }
+    }
+
+    fn rows(&self, stream: Stream) -> &Rows {
+        match stream {
+            Stream::Weights => &self.at,
+            Stream::Inputs => self.x,
+            Stream::Outputs => self.y,
+        }
+    }
+
+    pub fn segment(&self, stream: Stream, row0: usize, rows: usize) -> SegmentInput {
+        let all = self.rows(stream);
+        let v_words = if stream == Stream::Inputs {
+            self.v.iter().flat_map(words_of_felt).collect()
+        } else {
+            Vec::new()
+        };
+        SegmentInput {
+            stream,
+            shape: self.shape,
+            row0,
+            data: all.slice(row0, rows),
+            seed: self.seed,
+            states: chain_states(all, stream.offset(), row0),
+            v_words,
+        }
+    }
+}
+
+/// What the batch root consumes: every segment's (program hash, output), grouped by stream in
+/// the order weights, inputs, outputs, each in row order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootInput {
+    pub shape: Shape,
+    pub weights: Vec<Child>,
+    pub inputs: Vec<Child>,
+    pub outputs: Vec<Child>,
+}
+
+impl RootInput {
+    pub fn children(&self) -> impl Iterator<Item = &Child> {
+        self.weights
+            .iter()
+            .chain(&self.inputs)
+            .chain(&self.outputs)
+    }
+}
+
+/// Runs the batch root.
+pub fn run_root(input: &RootInput, max_steps: usize) -> Result<ProgramRun, KernelError> {
+    if input.weights.is_empty() || input.inputs.is_empty() || input.outputs.is_empty() {
+        return Err(KernelError::InvalidNode(
+            "a batch root needs segments of all three streams".into(),
+        ));
+    }
+    let node = Arc::new(input.clone());
+    let load = HintFunc(Box::new(move |vm, _scopes, ids, ap, _consts| {
+        let table = vm.add_memory_segment();
+        let mut entries = Vec::new();
+        for child in node.children() {
+            let segment = vm.add_memory_segment();
+            let cells: Vec<MaybeRelocatable> = child
+                .program_hash
+                .0
+                .iter()
+                .chain(&child.output)
+                .map(|&w| Felt252::from(w).into())
+                .collect();
+            vm.load_data(segment, &cells)?;
+            entries.push(MaybeRelocatable::from(segment));
+        }
+        vm.load_data(table, &entries)?;
+        insert_value_from_var_name("children", table, vm, ids, ap)?;
+        let s = node.shape;
+        let values = [
+            ("m", s.m),
+            ("k", s.k),
+            ("b", s.b),
+            ("n_w", node.weights.len()),
+            ("n_x", node.inputs.len()),
+            ("n_y", node.outputs.len()),
+            ("chunks_m", s.m.div_ceil(CHUNK)),
+            ("chunks_k", s.k.div_ceil(CHUNK)),
+        ];
+        for (name, value) in values {
+            insert_value_from_var_name(name, Felt252::from(value), vm, ids, ap)?;
+        }
+        Ok(())
+    }));
+    let hints = HashMap::from([("starkscale_batch_root_inputs".to_string(), Rc::new(load))]);
+    run_pinned(Pinned::BatchRoot, max_steps, hints)
+}
+
+/// The public output of the batch root: the job's statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootOutput {
+    pub shape: Shape,
+    pub a_commitment: Digest,
+    pub x_commitment: Digest,
+    pub y_commitment: Digest,
+    pub seed: Digest,
+    pub facts: Vec<Fact>,
+}
+
+const ROOT_FACTS: usize = 38;
+
+impl RootOutput {
+    pub fn from_words(words: &[u32]) -> Result<RootOutput, String> {
+        if words.len() < ROOT_FACTS {
+            return Err(format!("batch root output of {} words", words.len()));
+        }
+        if words[0] != FORMAT_VERSION || words[1] != KIND_BATCH_ROOT {
+            return Err(format!("version {} kind {} is not a batch root", words[0], words[1]));
+        }
+        let n = words[37] as usize;
+        if words.len() != ROOT_FACTS + 8 * n {
+            return Err(format!(
+                "batch root output has {} words for {n} children",
+                words.len()
+            ));
+        }
+        Ok(RootOutput {
+            shape: Shape {
+                m: words[2] as usize,
+                k: words[3] as usize,
+                b: words[4] as usize,
+            },
+            a_commitment: Digest(eight(&words[5..])),
+            x_commitment: Digest(eight(&words[13..])),
+            y_commitment: Digest(eight(&words[21..])),
+            seed: Digest(eight(&words[29..])),
+            facts: words[ROOT_FACTS..]
+                .chunks_exact(8)
+                .map(|c| Digest(eight(c)))
+                .collect(),
+        })
+    }
+}

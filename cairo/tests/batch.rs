@@ -1,0 +1,170 @@
+//! The batch segment kernel in cairo-vm against the native protocol (docs/batch.md).
+
+use cairo_vm::Felt252;
+use rand::{Rng, SeedableRng};
+use starkscale_cairo::batch::{self, Planner, Rows, SegmentOutput, Stream};
+
+const STEPS: usize = 1 << 24;
+
+fn random_i8(rng: &mut rand::rngs::StdRng, rows: usize, width: usize) -> Rows {
+    Rows::I8 {
+        width,
+        data: (0..rows * width).map(|_| rng.gen_range(-128..=127)).collect(),
+    }
+}
+
+#[test]
+fn segments_compute_the_native_sums_and_chains() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (m, k, b) = (21, 37, 9);
+    let a = random_i8(&mut rng, m, k);
+    let x = random_i8(&mut rng, b, k);
+    let y = batch::multiply(&a, &x);
+    let plan = Planner::new(&a, &x, &y);
+    let rho = batch::challenge(&plan.seed, 2);
+    let sigma = batch::challenge(&plan.seed, 1);
+
+    let mut totals = std::collections::HashMap::new();
+    for stream in Stream::ALL {
+        let height = stream.height(&plan.shape);
+        let cuts = [0, height / 3, height];
+        let mut total = Felt252::ZERO;
+        for w in cuts.windows(2) {
+            let input = plan.segment(stream, w[0], w[1] - w[0]);
+            let run = batch::run_segment(&input, STEPS).expect("segment runs");
+            let out = SegmentOutput::from_words(&run.output).expect("output parses");
+            assert_eq!(out.stream, stream);
+            assert_eq!(out.seed, plan.seed);
+            assert_eq!(out.last, w[1] == height);
+            let t = batch::felt_of_words(&out.t);
+            // Chains continue the native states and end where the next segment starts.
+            let all = match stream {
+                Stream::Weights => a.transpose_i8(),
+                Stream::Inputs => x.clone(),
+                Stream::Outputs => y.clone(),
+            };
+            let before = batch::chain_states(&all, stream.offset(), w[0]);
+            for (c, (state_in, state_out)) in out.chains.iter().enumerate() {
+                assert_eq!(state_in, &before[c]);
+                if w[1] == height {
+                    let digests = batch::chain_digests(&all, stream.offset());
+                    assert_eq!(state_out, &digests[c].0, "{stream:?} chain {c} digest");
+                } else {
+                    let after = batch::chain_states(&all, stream.offset(), w[1]);
+                    assert_eq!(state_out, &after[c]);
+                }
+            }
+            match stream {
+                Stream::Weights => {
+                    let v: Vec<Felt252> = out.v.iter().map(|l| batch::felt_of_words(l)).collect();
+                    assert_eq!(v, plan.v[w[0]..w[1]].to_vec());
+                }
+                Stream::Inputs => {
+                    let expect = batch::weighted_sum(&input.data, &plan.v, &rho, w[0]);
+                    assert_eq!(t, expect);
+                }
+                Stream::Outputs => {
+                    let mults = batch::powers(&sigma, m);
+                    let expect = batch::weighted_sum(&input.data, &mults, &rho, w[0]);
+                    assert_eq!(t, expect);
+                }
+            }
+            total += t;
+            eprintln!("{stream:?} rows {:?}: {} steps", w, run.stats.steps);
+        }
+        totals.insert(stream, total);
+    }
+    assert_eq!(totals[&Stream::Inputs], totals[&Stream::Outputs]);
+}
+
+#[test]
+fn the_root_states_the_commitments_and_facts() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (m, k, b) = (18, 33, 7);
+    let a = random_i8(&mut rng, m, k);
+    let x = random_i8(&mut rng, b, k);
+    let y = batch::multiply(&a, &x);
+    let plan = Planner::new(&a, &x, &y);
+    let program_hash = starkscale_cairo::program::Pinned::Batch.hash();
+    let children = |stream: Stream, cuts: &[usize]| -> Vec<starkscale_cairo::tree::Child> {
+        cuts.windows(2)
+            .map(|w| {
+                let input = plan.segment(stream, w[0], w[1] - w[0]);
+                let run = batch::run_segment(&input, STEPS).expect("segment runs");
+                starkscale_cairo::tree::Child {
+                    program_hash,
+                    output: run.output,
+                }
+            })
+            .collect()
+    };
+    let input = batch::RootInput {
+        shape: plan.shape,
+        weights: children(Stream::Weights, &[0, 20, 33]),
+        inputs: children(Stream::Inputs, &[0, 3, 7]),
+        outputs: children(Stream::Outputs, &[0, 7]),
+    };
+    let run = batch::run_root(&input, STEPS).expect("root runs");
+    let out = batch::RootOutput::from_words(&run.output).expect("root output parses");
+    assert_eq!(out.a_commitment, batch::commit(Stream::Weights, &plan.shape, &a));
+    assert_eq!(out.x_commitment, batch::commit(Stream::Inputs, &plan.shape, &x));
+    assert_eq!(out.y_commitment, batch::commit(Stream::Outputs, &plan.shape, &y));
+    assert_eq!(out.seed, plan.seed);
+    let facts: Vec<_> = input.children().map(|c| c.fact()).collect();
+    assert_eq!(out.facts, facts);
+    eprintln!("root: {} steps", run.stats.steps);
+
+    // A wrong Y entry changes Y's commitment, so every segment's seed is stale: the root fails.
+    let mut bad_y = y.clone();
+    if let Rows::I32 { data, .. } = &mut bad_y {
+        data[5] += 1;
+    }
+    let bad_plan = Planner::new(&a, &x, &bad_y);
+    let bad_outputs: Vec<_> = [0usize, 7]
+        .windows(2)
+        .map(|w| {
+            let input = bad_plan.segment(Stream::Outputs, w[0], w[1] - w[0]);
+            starkscale_cairo::tree::Child {
+                program_hash,
+                output: batch::run_segment(&input, STEPS).expect("runs").output,
+            }
+        })
+        .collect();
+    let mixed = batch::RootInput {
+        outputs: bad_outputs,
+        ..input.clone()
+    };
+    assert!(batch::run_root(&mixed, STEPS).is_err(), "stale seeds must fail the root");
+}
+
+#[test]
+fn a_consistent_but_wrong_y_fails_the_product_check() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let (m, k, b) = (5, 20, 4);
+    let a = random_i8(&mut rng, m, k);
+    let x = random_i8(&mut rng, b, k);
+    let mut y = batch::multiply(&a, &x);
+    if let Rows::I32 { data, .. } = &mut y {
+        data[3] -= 1;
+    }
+    // Every segment is honest about the wrong Y: commitments, seed and chains all agree.
+    let plan = Planner::new(&a, &x, &y);
+    let program_hash = starkscale_cairo::program::Pinned::Batch.hash();
+    let child = |stream: Stream| starkscale_cairo::tree::Child {
+        program_hash,
+        output: batch::run_segment(
+            &plan.segment(stream, 0, stream.height(&plan.shape)),
+            STEPS,
+        )
+        .expect("segment runs")
+        .output,
+    };
+    let input = batch::RootInput {
+        shape: plan.shape,
+        weights: vec![child(Stream::Weights)],
+        inputs: vec![child(Stream::Inputs)],
+        outputs: vec![child(Stream::Outputs)],
+    };
+    let err = batch::run_root(&input, STEPS).expect_err("Y != A X must fail");
+    eprintln!("{err}");
+}
