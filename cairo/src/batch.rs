@@ -744,3 +744,31 @@ impl RootOutput {
         })
     }
 }
+
+/// Blake2s compressions per segment by default: a segment proof then stays near 4 GB.
+pub const DEFAULT_SEGMENT_BLOCKS: usize = 8192;
+
+/// One segment of a plan: rows `row0..row0 + rows` of `stream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentSpec {
+    pub stream: Stream,
+    pub row0: usize,
+    pub rows: usize,
+}
+
+/// Cuts each stream into segments of about `blocks` Blake2s compressions (one per chunk column
+/// and row), in the root's order: weights, inputs, outputs, each top to bottom.
+pub fn plan_segments(shape: &Shape, blocks: usize) -> Vec<SegmentSpec> {
+    let mut out = Vec::new();
+    for stream in Stream::ALL {
+        let height = stream.height(shape);
+        let per = (blocks / stream.chunks(shape).max(1)).max(1);
+        let mut row0 = 0;
+        while row0 < height {
+            let rows = per.min(height - row0);
+            out.push(SegmentSpec { stream, row0, rows });
+            row0 += rows;
+        }
+    }
+    out
+}

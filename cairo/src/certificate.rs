@@ -106,7 +106,7 @@ pub struct VerifiedCertificate {
     pub verify_s: f64,
 }
 
-fn malformed(msg: impl Into<String>) -> CertificateError {
+pub(crate) fn malformed(msg: impl Into<String>) -> CertificateError {
     CertificateError::Malformed(msg.into())
 }
 
@@ -236,32 +236,32 @@ impl Certificate {
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+pub(crate) struct Reader<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CertificateError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], CertificateError> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
         let end = end.ok_or_else(|| malformed("truncated certificate"))?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
     }
-    fn remaining(&self) -> usize {
+    pub(crate) fn remaining(&self) -> usize {
         self.bytes.len() - self.at
     }
-    fn u32(&mut self) -> Result<u32, CertificateError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, CertificateError> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self) -> Result<u64, CertificateError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, CertificateError> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
-    fn digest(&mut self) -> Result<Digest, CertificateError> {
+    pub(crate) fn digest(&mut self) -> Result<Digest, CertificateError> {
         let mut a = [0u8; 32];
         a.copy_from_slice(self.take(32)?);
         Ok(Digest::from_bytes(a))

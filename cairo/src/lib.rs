@@ -15,6 +15,8 @@
 //!   panics on hostile bytes.
 
 pub mod batch;
+pub mod batch_certificate;
+pub mod batch_prove;
 pub mod certificate;
 pub mod encoding;
 mod hints;

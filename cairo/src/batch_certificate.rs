@@ -1,0 +1,313 @@
+//! Batch job certificates: the segment proofs and the batch root proof of one Y = A·X job, and
+//! their verification (`docs/batch.md`).
+//!
+//! A certificate states "Y = A·X for the A, X and Y with these commitments". [`verify_batch`]
+//! checks, each failure with its own [`BatchError`]: the file decodes; every proof's profile,
+//! parameters, preprocessed root and program are pinned, segments first and the batch root last;
+//! all proofs share one profile; the root lists exactly the segments' facts, in order; the root's
+//! shape and commitments are the certificate's and, when given, the caller's A commitment and the
+//! commitments of the caller's X and Y; finally every STARK verifies.
+
+use std::time::Instant;
+
+use crate::batch::{commit, RootOutput, Rows, SegmentOutput, Shape, Stream};
+use crate::certificate::{malformed, CertificateError, Reader};
+use crate::encoding::{self, Digest};
+use crate::program::Pinned;
+use crate::proof::TileProof;
+use crate::prove::Profile;
+use crate::verify::{check_pinned, check_stark, VerifyError};
+
+const MAGIC: &[u8; 4] = b"SSBC";
+pub const BATCH_CERTIFICATE_VERSION: u8 = 1;
+const MAX_PROOFS: usize = 1 << 20;
+
+/// A batch certificate: segment proofs (weights, inputs, outputs, each in row order), then the
+/// batch root's proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchCertificate {
+    pub shape: Shape,
+    pub a_commitment: Digest,
+    pub x_commitment: Digest,
+    pub y_commitment: Digest,
+    pub proofs: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("malformed certificate: {0}")]
+    Malformed(String),
+    #[error("proof {index}: {source}")]
+    Proof { index: usize, source: VerifyError },
+    #[error("proof order: proof {index} is of the {found} program where a {expected} proof belongs")]
+    Order {
+        index: usize,
+        found: &'static str,
+        expected: &'static str,
+    },
+    #[error("mixed profiles: proof {index} is {found}, the root is {root}")]
+    MixedProfiles {
+        index: usize,
+        found: Profile,
+        root: Profile,
+    },
+    #[error("segment facts: {0}")]
+    Facts(String),
+    #[error("root statement: {0}")]
+    Root(String),
+    #[error("{what} mismatch: the root proves {what} commitment {proven}, {given_from} {given}")]
+    Commitment {
+        what: &'static str,
+        proven: Digest,
+        given_from: &'static str,
+        given: Digest,
+    },
+}
+
+impl From<CertificateError> for BatchError {
+    fn from(e: CertificateError) -> BatchError {
+        match e {
+            CertificateError::Malformed(m) => BatchError::Malformed(m),
+            other => BatchError::Malformed(other.to_string()),
+        }
+    }
+}
+
+/// What the caller knows and wants checked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchExpect<'a> {
+    /// The weights' commitment (`starkscale commit --batch A.npy`).
+    pub a_commitment: Option<&'a Digest>,
+    pub x: Option<&'a Rows>,
+    pub y: Option<&'a Rows>,
+    pub allow_test: bool,
+}
+
+impl BatchExpect<'_> {
+    /// Nothing known but the certificate; test-profile proofs accepted.
+    pub fn default_test() -> BatchExpect<'static> {
+        BatchExpect {
+            allow_test: true,
+            ..BatchExpect::default()
+        }
+    }
+}
+
+/// What a verified batch certificate establishes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedBatch {
+    pub profile: Profile,
+    pub shape: Shape,
+    pub a_commitment: Digest,
+    pub x_commitment: Digest,
+    pub y_commitment: Digest,
+    pub segments: usize,
+    pub verify_s: f64,
+}
+
+impl BatchCertificate {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let size: usize = self.proofs.iter().map(|p| p.len() + 8).sum();
+        let mut out = Vec::with_capacity(128 + size);
+        out.extend_from_slice(MAGIC);
+        out.push(BATCH_CERTIFICATE_VERSION);
+        for d in [self.shape.m, self.shape.k, self.shape.b] {
+            out.extend_from_slice(&(d as u32).to_le_bytes());
+        }
+        for d in [&self.a_commitment, &self.x_commitment, &self.y_commitment] {
+            out.extend_from_slice(&d.to_bytes());
+        }
+        out.extend_from_slice(&(self.proofs.len() as u32).to_le_bytes());
+        for proof in &self.proofs {
+            out.extend_from_slice(&(proof.len() as u64).to_le_bytes());
+            out.extend_from_slice(proof);
+        }
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<BatchCertificate, BatchError> {
+        let mut r = Reader { bytes, at: 0 };
+        if r.take(4)? != MAGIC {
+            return Err(malformed("not a STARKScale batch certificate").into());
+        }
+        let version = r.take(1)?[0];
+        if version != BATCH_CERTIFICATE_VERSION {
+            return Err(BatchError::Malformed(format!(
+                "unsupported batch certificate version {version}"
+            )));
+        }
+        let shape = Shape {
+            m: r.u32()? as usize,
+            k: r.u32()? as usize,
+            b: r.u32()? as usize,
+        };
+        let (a, x, y) = (r.digest()?, r.digest()?, r.digest()?);
+        let count = r.u32()? as usize;
+        if count > MAX_PROOFS {
+            return Err(BatchError::Malformed(format!(
+                "{count} proofs is over the limit"
+            )));
+        }
+        let mut proofs = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            let len = r.u64()?;
+            if len > r.remaining() as u64 {
+                return Err(BatchError::Malformed("a proof is longer than the file".into()));
+            }
+            proofs.push(r.take(len as usize)?.to_vec());
+        }
+        if r.remaining() != 0 {
+            return Err(BatchError::Malformed(
+                "trailing bytes after the last proof".into(),
+            ));
+        }
+        Ok(BatchCertificate {
+            shape,
+            a_commitment: a,
+            x_commitment: x,
+            y_commitment: y,
+            proofs,
+        })
+    }
+
+    /// Whether `bytes` look like a batch certificate (its magic), to pick a verifier.
+    pub fn is_batch(bytes: &[u8]) -> bool {
+        bytes.starts_with(MAGIC)
+    }
+}
+
+/// Verifies a batch certificate; see the module documentation for the checks and their order.
+pub fn verify_batch(bytes: &[u8], expect: &BatchExpect) -> Result<VerifiedBatch, BatchError> {
+    let started = Instant::now();
+    let cert = BatchCertificate::from_bytes(bytes)?;
+    if cert.proofs.len() < 4 {
+        return Err(BatchError::Malformed(format!(
+            "{} proofs: a batch job has at least one segment per stream and a root",
+            cert.proofs.len()
+        )));
+    }
+    let last = cert.proofs.len() - 1;
+    let mut proofs = Vec::with_capacity(cert.proofs.len());
+    let mut facts = Vec::with_capacity(last);
+    let mut root = None;
+    for (index, bytes) in cert.proofs.iter().enumerate() {
+        let fail = |source| BatchError::Proof { index, source };
+        let proof = TileProof::from_bytes(bytes).map_err(fail)?;
+        let program = check_pinned(&proof, expect.allow_test).map_err(fail)?;
+        let expected = if index == last {
+            Pinned::BatchRoot
+        } else {
+            Pinned::Batch
+        };
+        if program != expected {
+            return Err(BatchError::Order {
+                index,
+                found: program.name(),
+                expected: expected.name(),
+            });
+        }
+        let words = proof.output_words().map_err(fail)?;
+        let bad = |e: String| fail(VerifyError::MalformedOutput(e));
+        if index == last {
+            root = Some(RootOutput::from_words(&words).map_err(bad)?);
+        } else {
+            SegmentOutput::from_words(&words).map_err(bad)?;
+            facts.push(encoding::fact(&program.hash(), &words));
+        }
+        proofs.push(proof);
+    }
+    let root = root.ok_or_else(|| BatchError::Malformed("no root proof".into()))?;
+    let profile = proofs[last].profile;
+    if let Some((index, p)) = proofs
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.profile != profile)
+    {
+        return Err(BatchError::MixedProfiles {
+            index,
+            found: p.profile,
+            root: profile,
+        });
+    }
+    if root.facts.len() != facts.len() {
+        return Err(BatchError::Facts(format!(
+            "the root lists {} segments, the certificate carries {}",
+            root.facts.len(),
+            facts.len()
+        )));
+    }
+    if let Some(index) = (0..facts.len()).find(|&i| root.facts[i] != facts[i]) {
+        return Err(BatchError::Facts(format!(
+            "proof {index} is not the segment the root lists at position {index}"
+        )));
+    }
+    if root.shape != cert.shape {
+        return Err(BatchError::Root(format!(
+            "the root proves shape {:?}, the certificate states {:?}",
+            root.shape, cert.shape
+        )));
+    }
+    let stated = [
+        ("A", root.a_commitment, cert.a_commitment),
+        ("X", root.x_commitment, cert.x_commitment),
+        ("Y", root.y_commitment, cert.y_commitment),
+    ];
+    for (what, proven, claimed) in stated {
+        if proven != claimed {
+            return Err(BatchError::Commitment {
+                what,
+                proven,
+                given_from: "the certificate states",
+                given: claimed,
+            });
+        }
+    }
+    if let Some(given) = expect.a_commitment {
+        if *given != root.a_commitment {
+            return Err(BatchError::Commitment {
+                what: "A",
+                proven: root.a_commitment,
+                given_from: "the given commitment is",
+                given: *given,
+            });
+        }
+    }
+    let inputs = [
+        ("X", Stream::Inputs, expect.x, root.x_commitment),
+        ("Y", Stream::Outputs, expect.y, root.y_commitment),
+    ];
+    for (what, stream, rows, proven) in inputs {
+        let Some(rows) = rows else { continue };
+        let height = stream.height(&root.shape);
+        let width = stream.row_len(&root.shape);
+        if rows.height() != height || rows.width() != width {
+            return Err(BatchError::Root(format!(
+                "the root proves a {what} of {height} × {width}, the given {what} is {} × {}",
+                rows.height(),
+                rows.width()
+            )));
+        }
+        let given = commit(stream, &root.shape, rows);
+        if given != proven {
+            return Err(BatchError::Commitment {
+                what,
+                proven,
+                given_from: "the given file commits to",
+                given,
+            });
+        }
+    }
+    let segments = facts.len();
+    for (index, proof) in proofs.into_iter().enumerate() {
+        check_stark(proof).map_err(|source| BatchError::Proof { index, source })?;
+    }
+    Ok(VerifiedBatch {
+        profile,
+        shape: root.shape,
+        a_commitment: root.a_commitment,
+        x_commitment: root.x_commitment,
+        y_commitment: root.y_commitment,
+        segments,
+        verify_s: started.elapsed().as_secs_f64(),
+    })
+}
