@@ -529,3 +529,153 @@ pub async fn reconcile(args: ReconcileArgs) -> Result<()> {
     broker.delete_topology().await?;
     outcome
 }
+
+#[derive(Args, Debug)]
+pub struct BatchArgs {
+    /// M: rows of the weight matrix (outputs per input).
+    #[arg(long, default_value_t = 1024)]
+    rows: usize,
+    /// K: columns of the weight matrix (entries per input).
+    #[arg(long, default_value_t = 1024)]
+    cols: usize,
+    /// B: inputs in the batch.
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+    /// Blake2s compressions per segment task.
+    #[arg(long, default_value_t = starkscale_cairo::batch::DEFAULT_SEGMENT_BLOCKS)]
+    segment_blocks: usize,
+    #[arg(long, default_value = "production")]
+    profile: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print only the JSON report.
+    #[arg(long)]
+    json: bool,
+    /// Also write a.npy, x.npy, y.npy and the certificate (cert) into this directory.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+#[derive(Serialize, Debug)]
+struct BatchReport {
+    rows: usize,
+    cols: usize,
+    batch: usize,
+    profile: &'static str,
+    macs: u64,
+    /// From the inputs to a verified certificate, the prover's setup included.
+    wall_s: f64,
+    effective_macs_per_s: f64,
+    proofs: usize,
+    steps: usize,
+    setup_s: f64,
+    native_s: f64,
+    run_s: f64,
+    prove_s: f64,
+    /// Blake2s compressions proven per stream (weights, inputs, outputs).
+    blocks: [usize; 3],
+    /// Bytes of X and Y bound per second of proving (4 bytes per entry as hashed).
+    bound_bytes_per_s: f64,
+    peak_rss_bytes: u64,
+    certificate_bytes: usize,
+    verify_s: f64,
+}
+
+pub fn batch(args: BatchArgs) -> Result<()> {
+    use starkscale_cairo::batch::Rows;
+    use starkscale_cairo::batch_certificate::{verify_batch, BatchExpect};
+    let profile = parse_profile(&args.profile)?;
+    ensure!(
+        args.rows >= 1 && args.cols >= 1 && args.batch >= 1,
+        "--rows, --cols and --batch must be at least 1"
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut random = |n: usize| -> Vec<i8> { (0..n).map(|_| rng.gen_range(-128..=127)).collect() };
+    let a = Rows::I8 {
+        width: args.cols,
+        data: random(args.rows * args.cols),
+    };
+    let x = Rows::I8 {
+        width: args.cols,
+        data: random(args.batch * args.cols),
+    };
+    let started = Instant::now();
+    let prover = Prover::new(profile);
+    let setup_s = started.elapsed().as_secs_f64();
+    let (y, cert, stats) =
+        starkscale_cairo::batch_prove::prove_batch(&a, &x, &prover, args.segment_blocks, 1 << 26)?;
+    let bytes = cert.to_bytes();
+    let verified = verify_batch(
+        &bytes,
+        &BatchExpect {
+            a_commitment: None,
+            x: Some(&x),
+            y: Some(&y),
+            allow_test: true,
+        },
+    )
+    .context("verifying the benchmark certificate")?;
+    let wall_s = started.elapsed().as_secs_f64();
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)?;
+        let i8s = |r: &Rows| -> Vec<i64> {
+            let w = r.width();
+            (0..r.height() * w).map(|i| r.get(i / w, i % w)).collect()
+        };
+        std::fs::write(
+            dir.join("a.npy"),
+            npy::write_i8(&[args.rows, args.cols], &i8s(&a)),
+        )?;
+        std::fs::write(
+            dir.join("x.npy"),
+            npy::write_i8(&[args.batch, args.cols], &i8s(&x)),
+        )?;
+        let ys: Vec<i32> = i8s(&y).into_iter().map(|v| v as i32).collect();
+        std::fs::write(
+            dir.join("y.npy"),
+            npy::write_i32(&[args.batch, args.rows], &ys),
+        )?;
+        std::fs::write(dir.join("cert"), &bytes)?;
+    }
+    let macs = (args.rows * args.cols * args.batch) as u64;
+    let bound = 4 * (stats.blocks[1] + stats.blocks[2]) * 16;
+    let proving = stats.run_s + stats.prove_s;
+    let report = BatchReport {
+        rows: args.rows,
+        cols: args.cols,
+        batch: args.batch,
+        profile: profile.name(),
+        macs,
+        wall_s,
+        effective_macs_per_s: macs as f64 / wall_s,
+        proofs: cert.proofs.len(),
+        steps: stats.steps,
+        setup_s,
+        native_s: stats.native_s,
+        run_s: stats.run_s,
+        prove_s: stats.prove_s,
+        blocks: stats.blocks,
+        bound_bytes_per_s: bound as f64 / proving,
+        peak_rss_bytes: starkscale_worker::memory::peak_rss_bytes(),
+        certificate_bytes: bytes.len(),
+        verify_s: verified.verify_s,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    if !args.json {
+        for p in &stats.proofs {
+            eprintln!("  {}: {} steps, {:.1} s", p.what, p.steps, p.prove_s);
+        }
+        eprintln!(
+            "{}x{}x{}: {:.0} s, {:.2} M effective MAC/s, {} proofs, {:.2} GB peak, verify {:.3} s",
+            report.rows,
+            report.cols,
+            report.batch,
+            report.wall_s,
+            report.effective_macs_per_s / 1e6,
+            report.proofs,
+            report.peak_rss_bytes as f64 / 1e9,
+            report.verify_s
+        );
+    }
+    Ok(())
+}

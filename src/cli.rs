@@ -6,12 +6,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use starkscale_cairo::batch::{self, Rows, Shape as BatchShape, Stream};
+use starkscale_cairo::batch_certificate::{verify_batch, BatchCertificate, BatchExpect};
 use starkscale_cairo::certificate::{verify_certificate, Expectations};
 use starkscale_cairo::encoding::{Digest, MAX_TILE_ROWS};
 use starkscale_cairo::run::DEFAULT_MAX_STEPS;
 use starkscale_cairo::tree::commit_matrix;
 use starkscale_cairo::{run_map, verify_tile, Profile, Prover, TileInput, TILE_COLS};
 use starkscale_common::metrics;
+use starkscale_common::tensor::npy;
 use starkscale_common::{Dtype, Matrix, Vector};
 
 use crate::{bench, client};
@@ -108,6 +111,10 @@ struct VerifyTileArgs {
 struct CommitArgs {
     /// The matrix: JSON array of rows, or a 2-D NumPy .npy file.
     a: PathBuf,
+    /// The commitment batch jobs state (independent of how a job is cut into tasks) instead of
+    /// the tiled one of matrix-vector jobs.
+    #[arg(long)]
+    batch: bool,
     /// Tile shape ROWSxCOLS the certificate's jobs use (COLS at most 1024).
     #[arg(long, default_value = "254x1024", value_parser = parse_tile_shape)]
     tile: (usize, usize),
@@ -122,9 +129,14 @@ struct VerifyArgs {
     /// The published commitment of A (`starkscale commit`) the certificate must be of.
     #[arg(long)]
     commitment: Option<String>,
-    /// The input vector (JSON or .npy) the certificate must be of.
+    /// The input vector (JSON or .npy) the certificate must be of; for a batch certificate, the
+    /// batch, one input per row (B × K).
     #[arg(long)]
     x: Option<PathBuf>,
+    /// Batch certificates: the outputs, one per row (B × M int32, .npy or JSON), that must be
+    /// the ones proven.
+    #[arg(long)]
+    y: Option<PathBuf>,
     #[arg(long, default_value = "i8")]
     dtype: String,
     /// Accept proofs made at the low-security test profile.
@@ -166,6 +178,9 @@ enum BenchCommand {
     Plan(bench::PlanArgs),
     /// Time one full reconcile pass over many open jobs in Redis.
     Reconcile(bench::ReconcileArgs),
+    /// Prove a random batch job Y = A·X in this process; report throughput, memory and the
+    /// certificate's size and verification time.
+    Batch(bench::BatchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -180,6 +195,7 @@ pub fn main() -> ExitCode {
         Command::Bench(BenchCommand::Fleet(args)) => serve(|_| bench::fleet(args)),
         Command::Bench(BenchCommand::Plan(args)) => serve(|_| bench::plan(args)),
         Command::Bench(BenchCommand::Reconcile(args)) => serve(|_| bench::reconcile(args)),
+        Command::Bench(BenchCommand::Batch(args)) => bench::batch(args),
         Command::Worker(config) => serve(|shutdown| async move {
             serve_metrics(metrics::Role::Worker, config.metrics_addr).await?;
             Ok(starkscale_worker::run(config, shutdown).await?)
@@ -343,6 +359,21 @@ fn commit(args: CommitArgs) -> Result<()> {
     let dtype = Dtype::parse(&args.dtype)?;
     let a = Matrix::load(&args.a, dtype)
         .with_context(|| format!("loading A from {}", args.a.display()))?;
+    if args.batch {
+        let rows = rows_i8(&a);
+        let shape = BatchShape {
+            m: a.rows(),
+            k: a.cols(),
+            b: 1,
+        };
+        println!("{}", batch::commit(Stream::Weights, &shape, &rows));
+        eprintln!(
+            "commitment of the {}x{} weights of batch jobs",
+            a.rows(),
+            a.cols()
+        );
+        return Ok(());
+    }
     let (tile_rows, tile_cols) = args.tile;
     println!("{}", commit_matrix(&a, tile_rows, tile_cols));
     eprintln!(
@@ -361,6 +392,13 @@ fn verify(args: VerifyArgs) -> Result<()> {
         .as_deref()
         .map(|hex| Digest::from_hex(hex).with_context(|| format!("'{hex}' is not a commitment")))
         .transpose()?;
+    if BatchCertificate::is_batch(&bytes) {
+        return verify_batch_cmd(&args, &bytes, commitment);
+    }
+    anyhow::ensure!(
+        args.y.is_none(),
+        "--y applies to batch certificates; this is a matrix-vector certificate"
+    );
     let x = args
         .x
         .as_deref()
@@ -418,6 +456,104 @@ fn verify(args: VerifyArgs) -> Result<()> {
                 ""
             }
         );
+    }
+    Ok(())
+}
+
+fn rows_i8(m: &Matrix) -> Rows {
+    Rows::I8 {
+        width: m.cols(),
+        data: m.data().iter().map(|&v| v as i8).collect(),
+    }
+}
+
+/// Y of a batch job: B × M int32, as .npy or a JSON array of rows.
+pub(crate) fn load_y(path: &Path) -> Result<Rows> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (shape, values) = if bytes.starts_with(npy::MAGIC) {
+        npy::parse_i32(&bytes)?
+    } else {
+        let rows: Vec<Vec<i32>> = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is neither .npy nor a JSON array of rows",
+                path.display()
+            )
+        })?;
+        let width = rows.first().map_or(0, Vec::len);
+        anyhow::ensure!(
+            rows.iter().all(|r| r.len() == width),
+            "{}: rows of different lengths",
+            path.display()
+        );
+        let values = rows.iter().flatten().map(|&v| v as i64).collect();
+        (vec![rows.len(), width], values)
+    };
+    anyhow::ensure!(
+        shape.len() == 2,
+        "{}: Y must be 2-D (one output per row), not of shape {shape:?}",
+        path.display()
+    );
+    Ok(Rows::I32 {
+        width: shape[1],
+        data: values.into_iter().map(|v| v as i32).collect(),
+    })
+}
+
+fn verify_batch_cmd(args: &VerifyArgs, bytes: &[u8], commitment: Option<Digest>) -> Result<()> {
+    let x = args
+        .x
+        .as_deref()
+        .map(|p| {
+            Matrix::load(p, Dtype::I8)
+                .map(|m| rows_i8(&m))
+                .with_context(|| format!("loading X from {}", p.display()))
+        })
+        .transpose()?;
+    let y = args.y.as_deref().map(load_y).transpose()?;
+    let expect = BatchExpect {
+        a_commitment: commitment.as_ref(),
+        x: x.as_ref(),
+        y: y.as_ref(),
+        allow_test: args.allow_test_profile,
+    };
+    let v = verify_batch(bytes, &expect)?;
+    let checked = |given: bool| {
+        if given {
+            " (matches the given one)"
+        } else {
+            ""
+        }
+    };
+    if args.json {
+        let json = serde_json::json!({
+            "kind": "matmul",
+            "profile": v.profile.name(),
+            "rows": v.shape.m, "cols": v.shape.k, "batch": v.shape.b,
+            "a_commitment": v.a_commitment.to_hex(),
+            "x_commitment": v.x_commitment.to_hex(),
+            "y_commitment": v.y_commitment.to_hex(),
+            "segments": v.segments,
+            "checked": { "commitment": commitment.is_some(), "x": x.is_some(), "y": y.is_some() },
+            "verify_s": v.verify_s,
+        });
+        println!("{json}");
+    } else {
+        println!(
+            "OK: Y = A·X for a {}x{} A and a batch of {} inputs ({} segment proofs and a root), {} profile, verified in {:.0} ms",
+            v.shape.m,
+            v.shape.k,
+            v.shape.b,
+            v.segments,
+            v.profile,
+            v.verify_s * 1e3
+        );
+        println!(
+            "A commitment {}{}",
+            v.a_commitment,
+            checked(commitment.is_some())
+        );
+        println!("X commitment {}{}", v.x_commitment, checked(x.is_some()));
+        println!("Y commitment {}{}", v.y_commitment, checked(y.is_some()));
     }
     Ok(())
 }

@@ -170,3 +170,76 @@ fn bench_kernel_reports_json() {
     assert_eq!(report["bound"], true);
     assert!(report["proof_bytes"].as_u64().unwrap() > 100_000);
 }
+
+#[test]
+fn a_batch_certificate_verifies_against_its_files_and_refuses_another_y() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = starkscale(&[
+        "bench",
+        "batch",
+        "--rows",
+        "12",
+        "--cols",
+        "70",
+        "--batch",
+        "5",
+        "--profile",
+        "test",
+        "--json",
+        "--out",
+        d,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["macs"], 12 * 70 * 5);
+    assert_eq!(report["proofs"], 4);
+
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let out = starkscale(&["commit", "--batch", &path("a.npy")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let commitment = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(commitment.len(), 64);
+
+    let verify = |y: &str, extra: &[&str]| {
+        let mut args = vec![
+            "verify".to_string(),
+            path("cert"),
+            "--commitment".into(),
+            commitment.clone(),
+            "--x".into(),
+            path("x.npy"),
+            "--y".into(),
+            y.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        starkscale(&args)
+    };
+    let out = verify(&path("y.npy"), &["--allow-test-profile"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("OK: Y = A·X for a 12x70 A and a batch of 5 inputs"),
+        "{}",
+        text(&out)
+    );
+
+    // The test profile is refused unless asked for.
+    let out = verify(&path("y.npy"), &[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("profile"), "{}", text(&out));
+
+    // One output changed by one: Y no longer commits to what was proven.
+    let y = std::fs::read(path("y.npy")).unwrap();
+    let (shape, values) = starkscale_common::tensor::npy::parse_i32(&y).unwrap();
+    let mut values: Vec<i32> = values.into_iter().map(|v| v as i32).collect();
+    values[3] += 1;
+    let bad = write(
+        dir.path(),
+        "bad-y.npy",
+        &starkscale_common::tensor::npy::write_i32(&shape, &values),
+    );
+    let out = verify(&bad, &["--allow-test-profile"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("Y mismatch"), "{}", text(&out));
+}

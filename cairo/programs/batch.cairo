@@ -3,10 +3,12 @@
 // one output per row) -- hashed into the stream's chunk-column Blake2s chains and reduced with
 // the job's challenges. docs/batch.md states the protocol, the encodings and this output:
 //
-//   0 version, 1 kind, 2 M, 3 K, 4 B, 5 row0, 6 rows, 7 last, 8..16 seed,
-//   16..24 t (8 u32 limbs), 24..32 v digest (inputs) or zeros,
-//   32.. per chunk column: chain state before (8 words) and after (8) the segment,
+//   0 version, 1 kind, 2 M, 3 K, 4 B, 5 row0, 6 rows, 7 last, 8..16 sigma, 16..24 rho,
+//   24..32 t (each 8 u32 limbs), 32..40 v digest (inputs) or zeros,
+//   40.. per chunk column: chain state before (8 words) and after (8) the segment,
 //   then, for weights, v_r for each row (8 limbs each).
+// sigma and rho are the job's challenges as the batch root derives them; it checks every
+// segment's.
 %builtins output pedersen range_check ecdsa bitwise ec_op keccak poseidon range_check96 add_mod mul_mod
 
 from starkware.cairo.common.alloc import alloc
@@ -15,12 +17,13 @@ from starkware.cairo.common.memcpy import memcpy
 from starkware.cairo.common.memset import memset
 from starkware.cairo.common.pow import pow
 from starkscale_tree import VERSION, blake2s
-from batch_pass import batch_pass, PASS_ITER
+from batch_pass import batch_pass8, batch_pass32, BATCH_PASS8_ITER, BATCH_PASS32_ITER
 from starkscale_batch import (
     KIND_WEIGHTS,
     KIND_INPUTS,
     KIND_OUTPUTS,
-    SEG_SEED,
+    SEG_SIGMA,
+    SEG_RHO,
     SEG_T,
     SEG_V_DIGEST,
     SEG_CHAINS,
@@ -43,7 +46,7 @@ func main{
     ec_op_ptr,
     keccak_ptr,
     poseidon_ptr,
-    range_check96_ptr,
+    range_check96_ptr: felt*,
     add_mod_ptr,
     mul_mod_ptr,
 }() {
@@ -57,28 +60,34 @@ func main{
     local chunks;
     local v_words: felt*;
     local out: felt* = output_ptr;
-    // Writes the locals above, the seed at out + SEG_SEED and each chain's state before the
-    // segment at out + SEG_CHAINS + 16 c. All of it is public output or checked below.
+    // Writes the locals above, the challenges at out + SEG_SIGMA and out + SEG_RHO and each
+    // chain's state before the segment at out + SEG_CHAINS + 16 c. All of it is public output
+    // or checked below.
     %{ starkscale_batch_segment %}
 
-    // Which stream: its row length, its height and its entries' offset.
+    // Which stream: its row length, its height, its entries' offset and how many entries a
+    // 16-word chunk holds (int8: four per word).
     local row_len;
     local total;
     local offset;
+    local per;
     if (kind == KIND_WEIGHTS) {
         assert row_len = m;
         assert total = k;
         assert offset = I8_OFFSET;
+        assert per = 64;
     } else {
         if (kind == KIND_INPUTS) {
             assert row_len = k;
             assert total = b;
             assert offset = I8_OFFSET;
+            assert per = 64;
         } else {
             assert kind = KIND_OUTPUTS;
             assert row_len = m;
             assert total = b;
             assert offset = I32_OFFSET;
+            assert per = 16;
         }
     }
     assert_le(1, m);
@@ -91,9 +100,9 @@ func main{
     assert_nn(row0);
     assert_le(row0 + rows, total);
     assert_le(total, MAX_STREAM_ROWS);
-    // chunks = ceil(row_len / 16): rows are zero-padded to whole 16-word blocks.
-    assert_le(16 * chunks, row_len + 15);
-    assert_le(row_len, 16 * chunks);
+    // chunks = ceil(row_len / per): rows are zero-padded to whole 16-word blocks.
+    assert_le(per * chunks, row_len + per - 1);
+    assert_le(row_len, per * chunks);
     local last;
     if (row0 + rows == total) {
         assert last = 1;
@@ -111,9 +120,9 @@ func main{
 
     local sigma;
     local rho;
-    let s = challenge(out + SEG_SEED, 1);
+    let s = felt_of_words(out + SEG_SIGMA);
     assert sigma = s;
-    let r = challenge(out + SEG_SEED, 2);
+    let r = felt_of_words(out + SEG_RHO);
     assert rho = r;
 
     // Multipliers, one per position of a padded row: sigma^i for weights and outputs (their
@@ -122,11 +131,11 @@ func main{
     if (kind == KIND_INPUTS) {
         blake2s(v_words, 8 * k, out + SEG_V_DIGEST);
         felts_of_words(v_words, k, mult);
-        memset(mult + k, 0, 16 * chunks - k);
+        memset(mult + k, 0, per * chunks - k);
         tempvar range_check_ptr = range_check_ptr;
     } else {
         memset(out + SEG_V_DIGEST, 0, 8);
-        powers(mult, 1, sigma, 16 * chunks);
+        powers(mult, 1, sigma, per * chunks);
         tempvar range_check_ptr = range_check_ptr;
     }
     let (rp0) = pow(rho, row0);
@@ -136,13 +145,14 @@ func main{
     let (local zero: felt*) = alloc();
     assert zero[0] = 0;
     let (t, acc) = passes(
-        0, chunks, mult, out + SEG_CHAINS, 64 * row0, rows, rp0, rho, 0, zero, 0, offset, last
+        0, chunks, per, mult, out + SEG_CHAINS, 64 * row0, rows, rp0, rho, 0, zero, 0, offset, last
     );
     local acc: felt* = acc;
+    local range_check96_ptr: felt* = range_check96_ptr;
     write_felt(t, out + SEG_T);
     local end: felt* = out + SEG_CHAINS + 16 * chunks;
     if (kind == KIND_WEIGHTS) {
-        write_accs(acc, rows, end);
+        write_accs(acc, rows, end, BATCH_PASS8_ITER);
         let output_ptr = end + 8 * rows;
         return ();
     }
@@ -151,10 +161,12 @@ func main{
 }
 
 // One pass per chunk column c < chunks: the chain state before the segment is read from
-// chains[16 c ..], the state after is written to chains[16 c + 8 ..].
-func passes(
+// chains[16 c ..], the state after is written to chains[16 c + 8 ..]. per = 64 takes the int8
+// pass, per = 16 the int32 pass.
+func passes{range_check96_ptr: felt*}(
     c,
     chunks,
+    per,
     mult: felt*,
     chains: felt*,
     counter,
@@ -172,20 +184,39 @@ func passes(
         return (t=t, acc=acc_in);
     }
     // Entries are stored as value + offset: the pass adds -offset * sum(multipliers) per row.
-    let negc = -offset * (
-        mult[0] + mult[1] + mult[2] + mult[3] + mult[4] + mult[5] + mult[6] + mult[7] + mult[8] +
-        mult[9] + mult[10] + mult[11] + mult[12] + mult[13] + mult[14] + mult[15]
-    );
-    let (t2, acc, state) = batch_pass(
-        mult, chains, counter, rows, rp0, rho, t, acc_in, stride, negc, last
-    );
-    local t2 = t2;
-    local acc: felt* = acc;
+    let total = sum(mult, per);
+    local negc = -offset * total;
+    local t2;
+    local acc: felt*;
+    local state: felt*;
+    local next_stride;
+    if (per == 64) {
+        let (t_, acc_, state_, rc_) = batch_pass8(
+            mult, chains, counter, rows, rp0, rho, t, acc_in, stride, negc, last, range_check96_ptr
+        );
+        assert t2 = t_;
+        assert acc = acc_;
+        assert state = state_;
+        assert next_stride = BATCH_PASS8_ITER;
+        tempvar range_check96_ptr: felt* = rc_;
+    } else {
+        assert per = 16;
+        let (t_, acc_, state_, rc_) = batch_pass32(
+            mult, chains, counter, rows, rp0, rho, t, acc_in, stride, negc, last, range_check96_ptr
+        );
+        assert t2 = t_;
+        assert acc = acc_;
+        assert state = state_;
+        assert next_stride = BATCH_PASS32_ITER;
+        tempvar range_check96_ptr: felt* = rc_;
+    }
+    local range_check96_ptr: felt* = range_check96_ptr;
     memcpy(chains + 8, state, 8);
     return passes(
         c + 1,
         chunks,
-        mult + 16,
+        per,
+        mult + per,
         chains + 16,
         counter,
         rows,
@@ -193,22 +224,18 @@ func passes(
         rho,
         t2,
         acc,
-        PASS_ITER,
+        next_stride,
         offset,
         last,
     );
 }
 
-// The job's challenge number `tag`: Blake2s(seed ‖ tag) read as a field element.
-func challenge{range_check_ptr}(seed: felt*, tag) -> felt {
-    alloc_locals;
-    let (local block: felt*) = alloc();
-    memcpy(block, seed, 8);
-    assert block[8] = tag;
-    let (local digest: felt*) = alloc();
-    blake2s(block, 9, digest);
-    let value = felt_of_words(digest);
-    return value;
+func sum(values: felt*, n) -> felt {
+    if (n == 0) {
+        return 0;
+    }
+    let rest = sum(values + 1, n - 1);
+    return values[0] + rest;
 }
 
 func felts_of_words(words: felt*, n, dst: felt*) {
@@ -237,11 +264,11 @@ func write_felt(value, dst: felt*) {
     return ();
 }
 
-// The accumulators of the segment's rows, PASS_ITER cells apart, as limbs.
-func write_accs(acc: felt*, n, dst: felt*) {
+// The accumulators of the segment's rows, `stride` cells apart, as limbs.
+func write_accs(acc: felt*, n, dst: felt*, stride) {
     if (n == 0) {
         return ();
     }
     write_felt(acc[0], dst);
-    return write_accs(acc + PASS_ITER, n - 1, dst + 8);
+    return write_accs(acc + stride, n - 1, dst + 8, stride);
 }

@@ -1,8 +1,8 @@
 // The root of a batch job (docs/batch.md): consumes the outputs of every segment of the job's
 // three streams and states Y = A·X for the committed A, X and Y. It recomputes each segment's
 // fact, checks that each stream's segments cover it from row 0 to its end with their chains
-// linked, builds the three commitments from the chain digests, derives the seed from them and
-// checks that every segment used it, that every inputs segment used v = σᵀA as the weights
+// linked, builds the three commitments from the chain digests, derives the seed and the
+// challenges from them and checks that every segment used those, that every inputs segment used v = σᵀA as the weights
 // segments computed it, and that Σ t over the inputs equals Σ t over the outputs.
 //
 // Output: 0 version, 1 kind (7), 2 M, 3 K, 4 B, 5..13 A commitment, 13..21 X commitment,
@@ -22,7 +22,8 @@ from starkscale_batch import (
     SEG_ROW0,
     SEG_ROWS,
     SEG_LAST,
-    SEG_SEED,
+    SEG_SIGMA,
+    SEG_RHO,
     SEG_T,
     SEG_V_DIGEST,
     SEG_CHAINS,
@@ -57,17 +58,21 @@ func main{
     local n_w;
     local n_x;
     local n_y;
-    local chunks_m;
-    local chunks_k;
+    local chunks_w;
+    local chunks_x;
+    local chunks_y;
     %{ starkscale_batch_root_inputs %}
     local out: felt* = output_ptr;
     assert_le(1, n_w);
     assert_le(1, n_x);
     assert_le(1, n_y);
-    assert_le(16 * chunks_m, m + 15);
-    assert_le(m, 16 * chunks_m);
-    assert_le(16 * chunks_k, k + 15);
-    assert_le(k, 16 * chunks_k);
+    // Chunk columns: int8 rows hold 64 entries per chunk, int32 rows 16.
+    assert_le(64 * chunks_w, m + 63);
+    assert_le(m, 64 * chunks_w);
+    assert_le(64 * chunks_x, k + 63);
+    assert_le(k, 64 * chunks_x);
+    assert_le(16 * chunks_y, m + 15);
+    assert_le(m, 16 * chunks_y);
     assert out[0] = VERSION;
     assert out[1] = KIND_BATCH_ROOT;
     assert out[2] = m;
@@ -85,10 +90,10 @@ func main{
     assert preimage_a[1] = k;
     assert preimage_a[2] = m;
     stream_segments(
-        KIND_WEIGHTS, children, n_w, m, k, b, chunks_m, children[0], 0, facts, preimage_a + 3,
+        KIND_WEIGHTS, children, n_w, m, k, b, chunks_w, children[0], 0, facts, preimage_a + 3,
         v_words, 0,
     );
-    blake2s(preimage_a, 3 + 8 * chunks_m, out + ROOT_A);
+    blake2s(preimage_a, 3 + 8 * chunks_w, out + ROOT_A);
 
     // The inputs: B rows of K entries.
     let (local preimage_x: felt*) = alloc();
@@ -96,11 +101,11 @@ func main{
     assert preimage_x[1] = b;
     assert preimage_x[2] = k;
     let t_x = stream_segments(
-        KIND_INPUTS, xs, n_x, m, k, b, chunks_k, xs[0], 0, facts + 8 * n_w, preimage_x + 3,
+        KIND_INPUTS, xs, n_x, m, k, b, chunks_x, xs[0], 0, facts + 8 * n_w, preimage_x + 3,
         v_words, 0,
     );
     local t_x = t_x;
-    blake2s(preimage_x, 3 + 8 * chunks_k, out + ROOT_X);
+    blake2s(preimage_x, 3 + 8 * chunks_x, out + ROOT_X);
 
     // The outputs: B rows of M entries.
     let (local preimage_y: felt*) = alloc();
@@ -108,16 +113,17 @@ func main{
     assert preimage_y[1] = b;
     assert preimage_y[2] = m;
     let t_y = stream_segments(
-        KIND_OUTPUTS, ys, n_y, m, k, b, chunks_m, ys[0], 0, facts + 8 * (n_w + n_x),
+        KIND_OUTPUTS, ys, n_y, m, k, b, chunks_y, ys[0], 0, facts + 8 * (n_w + n_x),
         preimage_y + 3, v_words, 0,
     );
     local t_y = t_y;
-    blake2s(preimage_y, 3 + 8 * chunks_m, out + ROOT_Y);
+    blake2s(preimage_y, 3 + 8 * chunks_y, out + ROOT_Y);
 
     // The randomized product check: sum_j rho^j (v . x_j) = sum_j rho^j (sigma^i)_i . y_j.
     assert t_x = t_y;
 
-    // seed = Blake2s(kind, M, K, B, the three commitments); every segment must have used it.
+    // seed = Blake2s(kind, M, K, B, the three commitments); sigma = Blake2s(seed ‖ 1) and
+    // rho = Blake2s(seed ‖ 2) as field elements: every segment must have used these.
     let (local preimage_s: felt*) = alloc();
     assert preimage_s[0] = KIND_BATCH_ROOT;
     assert preimage_s[1] = m;
@@ -126,7 +132,11 @@ func main{
     memcpy(preimage_s + 4, out + ROOT_A, 24);
     blake2s(preimage_s, 28, out + ROOT_SEED);
     local range_check_ptr = range_check_ptr;
-    check_seeds(children, n_w + n_x + n_y, out + ROOT_SEED);
+    let sigma = challenge(out + ROOT_SEED, 1);
+    local sigma = sigma;
+    let rho = challenge(out + ROOT_SEED, 2);
+    local rho = rho;
+    check_challenges(children, n_w + n_x + n_y, sigma, rho);
 
     // Every inputs segment multiplied by v = sigma^T A as the weights segments stated it.
     let (local v_digest: felt*) = alloc();
@@ -237,13 +247,28 @@ func final_states(chains: felt*, left, digests: felt*) {
     return final_states(chains + 16, left - 1, digests + 8);
 }
 
-func check_seeds(children: felt**, left, seed: felt*) {
+func check_challenges(children: felt**, left, sigma, rho) {
     if (left == 0) {
         return ();
     }
     let entry: felt* = children[0];
-    memcpy(entry + HASH_WORDS + SEG_SEED, seed, 8);
-    return check_seeds(children + 1, left - 1, seed);
+    let s = felt_of_words(entry + HASH_WORDS + SEG_SIGMA);
+    assert s = sigma;
+    let r = felt_of_words(entry + HASH_WORDS + SEG_RHO);
+    assert r = rho;
+    return check_challenges(children + 1, left - 1, sigma, rho);
+}
+
+// The job's challenge number `tag`: Blake2s(seed ‖ tag) read as a field element.
+func challenge{range_check_ptr}(seed: felt*, tag) -> felt {
+    alloc_locals;
+    let (local block: felt*) = alloc();
+    memcpy(block, seed, 8);
+    assert block[8] = tag;
+    let (local digest: felt*) = alloc();
+    blake2s(block, 9, digest);
+    let value = felt_of_words(digest);
+    return value;
 }
 
 func check_v_digests(children: felt**, left, digest: felt*) {

@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
-"""Generates batch_pass.cairo: the hot loop of the batch segment kernel (Cairo 0, raw assembly).
+"""Generates batch_pass.cairo: the hot loops of the batch segment kernel (Cairo 0, raw assembly).
 
 One *pass* walks the rows of a segment for one chunk column (16 words of every row). Per row it
-multiplies the row's 16 words by the pass's 16 multipliers, sums them, hashes the same 16 cells
-as the next Blake2s block of the chunk column's chain, and folds the row's dot product into two
-running results: a rho-weighted sum over rows and a per-row accumulator carried across passes.
-batch.cairo calls it once per chunk column; docs/batch.md explains what it proves.
+hashes the 16 words as the next Blake2s block of the column's chain, multiplies the entries they
+hold by the pass's multipliers, sums them, and folds the row's dot product into two running
+results: a rho-weighted sum over rows and a per-row accumulator carried across passes.
+batch.cairo calls one pass per chunk column; docs/batch.md explains what it proves.
 
-Why generated and raw: every instruction addresses its operands fp- or ap-relative, so a word
+Two variants:
+- `batch_pass32`: int32 entries, one per word (value + 2^31): 16 entries per row and pass.
+- `batch_pass8`: int8 entries, four per word (bytes value + 128, little-endian): 64 entries.
+  Each word is split into its bytes with three range-checked divisions by 256 (range_check96
+  cells), which makes the split unique because the Blake2s opcode range-checks the word to u32.
+
+Why generated and raw: every instruction addresses its operands fp- or ap-relative, so an entry
 costs one multiplication and one addition; and cairo-lang 0.14 has no syntax for the Blake2s
 opcode (it is emitted as a `dw` word), after which the compiler tracks no references.
 
@@ -18,37 +24,22 @@ Run `python3 cairo/programs/gen_batch_pass.py > cairo/programs/batch_pass.cairo`
 WORDS = 16  # words per row and pass: one Blake2s block
 
 # Arguments, fp-relative (pushed in this order by the caller).
-ARGS = ["m", "state", "counter", "n", "rp", "rho", "t", "acc_in", "stride", "negc", "last"]
+ARGS = ["m", "state", "counter", "n", "rp", "rho", "t", "acc_in", "stride", "negc", "last", "rc"]
 ARG = {name: -2 - len(ARGS) + i for i, name in enumerate(ARGS)}
+POINTERS = ("m", "state", "acc_in", "rc")
 
-# The callee's frame: the pass's multipliers, then fp itself (read through `call get_fp`).
-F_M = 0
-F_FP = WORDS
-FRAME_PUSHED = WORDS + 2  # the multipliers and the two cells `call get_fp` leaves
-
-# Loop-carried values, at [B - 7] .. [B - 1] for the iteration based at B = ap:
+# Loop-carried values, at [B - 8] .. [B - 1] for the iteration based at B = ap:
 # P (the address B), SP (the chain state pointer), CTR (bytes hashed before this block),
-# N (rows left, this one included), RP (rho^row), T (weighted sum), AIN (accumulator in).
-CARRIED = ["P", "SP", "CTR", "N", "RP", "T", "AIN"]
+# N (rows left, this one included), RP (rho^row), T (weighted sum), AIN (accumulator in),
+# RC (next free range_check96 cell).
+CARRIED = ["P", "SP", "CTR", "N", "RP", "T", "AIN", "RC"]
 C = {name: -len(CARRIED) + i for i, name in enumerate(CARRIED)}
-B0 = FRAME_PUSHED + len(CARRIED)  # the first iteration's base, fp-relative
 
-# Iteration cells, B-relative.
-I_W = 0  # the row's 16 words, written by the hint
-I_P = I_W + WORDS  # products
-I_S = I_P + WORDS  # running sums of the products (15 cells)
-I_D = I_S + WORDS - 1  # the row's dot product, with the pass constant
-I_Q = I_D + 1  # RP * D
-I_T = I_Q + 1  # T + Q
-I_RP = I_T + 1  # RP * rho
-I_A0 = I_RP + 1  # the accumulator this row had before the pass
-I_ACC = I_A0 + 1  # A0 + D
-I_AIN = I_ACC + 1  # next row's accumulator pointer
-I_N = I_AIN + 1  # N - 1
-I_CTR = I_N + 1  # CTR + 64: the opcode's byte counter
-I_OUT = I_CTR + 1  # 8 words the opcode writes: the chain state after this row
-I_OPTR = I_OUT + 8  # the address of I_OUT; ap stands here when the opcode runs
-ITER = I_OPTR + 1 + len(CARRIED)  # iteration size: the cells above, ap++ of the opcode, pushes
+# Bytes of a word after dividing off the low ones: r1 = w >> 8, r2 = w >> 16, b3 = w >> 24.
+HELPERS = 3
+SPLIT_CELLS = 9  # per word: z1 b0 c0 z2 b1 c1 z3 b2 c2
+RC_PER_WORD = 6  # c0 r1 c1 r2 c2 b3
+BYTE_SCALE = 2**88  # b < 256  <=>  b * 2^88 < 2^96
 
 
 def blake_word(dst, op0, op1, finalize):
@@ -70,106 +61,162 @@ def r(base, off):
     return f"[{base} + {off}]" if off > 0 else f"[{base} - {-off}]"
 
 
-def gen():
+class Cells:
+    def __init__(self, start):
+        self.next = start
+
+    def take(self, n=1):
+        first = self.next
+        self.next += n
+        return first
+
+
+def gen_pass(name, packed):
+    entries = WORDS * (4 if packed else 1)
+    f_fp = entries  # the callee's frame: the multipliers, then fp (via `call pass_get_fp`)
+    b0_rel = entries + 2 + len(CARRIED)  # the first iteration's base, fp-relative
     out = []
     emit = out.append
-    emit("// GENERATED by gen_batch_pass.py -- do not edit; see docs/batch.md.")
-    emit("//")
-    emit("// One pass of the batch segment kernel over a chunk column: per row, dot product of 16")
-    emit("// words with 16 multipliers, one Blake2s block of the column's chain, and the running")
-    emit("// results. Layout constants: gen_batch_pass.py.")
-    emit("")
-    emit(f"const PASS_ITER = {ITER};")
-    emit(f"const PASS_ACC = {I_ACC};")
-    emit(f"const PASS_FIRST = {B0};")
-    emit("")
-    emit("func pass_get_fp() {")
-    emit("    // `call` leaves the caller's fp at [ap - 2]: the one constrained way to read fp.")
-    emit("    ret;")
-    emit("}")
-    emit("")
-    emit("// Arguments: m (16 multipliers), state (8 words: the chain before the first row), counter")
-    emit("// (bytes the chain hashed before it), n >= 1 rows, rp = rho^(first row), rho, t (running")
-    emit("// weighted sum), acc_in (the first row's accumulator; the next rows' follow every `stride`")
-    emit("// cells), negc (added to every dot product), last (finalize the chain's last block).")
-    emit("// Returns t + sum_r rp * rho^r * d_r, the address of the first row's new accumulator (rows")
-    emit("// follow every PASS_ITER cells) and the address of the chain's final state.")
-    typed = [f"{a}: felt*" if a in ("m", "state", "acc_in") else a for a in ARGS]
-    emit("func batch_pass(" + ", ".join(typed) + ") -> (t: felt, acc: felt*, state: felt*) {")
 
     def e(line):
         out.append("    " + line)
 
-    for t in range(WORDS):
+    # Iteration cells, B-relative.
+    cells = Cells(0)
+    i_w = cells.take(WORDS)  # the row's words (hint)
+    i_h = cells.take(HELPERS * WORDS) if packed else None  # helpers (hint)
+    i_split = cells.take(SPLIT_CELLS * WORDS) if packed else None
+    i_p = cells.take(entries)
+    i_s = cells.take(entries - 1)
+    i_d = cells.take()
+    i_q, i_t, i_rp, i_a0, i_acc, i_ain, i_n, i_ctr, i_rc = (cells.take() for _ in range(9))
+    i_out = cells.take(8)
+    i_optr = cells.take()
+    end = i_optr + 1  # ap after the opcode
+    iter_size = end + len(CARRIED)
+
+    typed = [f"{a}: felt*" if a in POINTERS else a for a in ARGS]
+    emit(f"const {name.upper()}_ITER = {iter_size};")
+    emit(f"const {name.upper()}_ENTRIES = {entries};")
+    emit("")
+    emit(
+        f"func {name}("
+        + ", ".join(typed)
+        + ") -> (t: felt, acc: felt*, state: felt*, rc: felt*) {"
+    )
+    for t in range(entries):
         e(f"[ap] = [[fp - {-ARG['m']}] + {t}], ap++;")
     e("call pass_get_fp;")
-    e(f"[ap] = {r('fp', F_FP)} + {B0}, ap++;")  # P
-    e(f"[ap] = {r('fp', ARG['state'])}, ap++;")  # SP
-    e(f"[ap] = {r('fp', ARG['counter'])}, ap++;")  # CTR
-    e(f"[ap] = {r('fp', ARG['n'])}, ap++;")  # N
-    e(f"[ap] = {r('fp', ARG['rp'])}, ap++;")  # RP
-    e(f"[ap] = {r('fp', ARG['t'])}, ap++;")  # T
-    e(f"[ap] = {r('fp', ARG['acc_in'])}, ap++;")  # AIN
+    e(f"[ap] = {r('fp', f_fp)} + {b0_rel}, ap++;")  # P
+    for carried, arg in zip(CARRIED[1:], ["state", "counter", "n", "rp", "t", "acc_in", "rc"]):
+        e(f"[ap] = {r('fp', ARG[arg])}, ap++;")
 
-    out.append("    pass_row:")
+    out.append(f"    {name}_row:")
     e("%{ starkscale_batch_row %}")
-    for t in range(WORDS):
-        e(f"{r('ap', I_P + t)} = {r('ap', I_W + t)} * {r('fp', F_M + t)};")
-    e(f"{r('ap', I_S)} = {r('ap', I_P)} + {r('ap', I_P + 1)};")
-    for i in range(1, WORDS - 1):
-        e(f"{r('ap', I_S + i)} = {r('ap', I_S + i - 1)} + {r('ap', I_P + i + 1)};")
-    e(f"{r('ap', I_D)} = {r('ap', I_S + WORDS - 2)} + {r('fp', ARG['negc'])};")
-    e(f"{r('ap', I_Q)} = {r('ap', C['RP'])} * {r('ap', I_D)};")
-    e(f"{r('ap', I_T)} = {r('ap', C['T'])} + {r('ap', I_Q)};")
-    e(f"{r('ap', I_RP)} = {r('ap', C['RP'])} * {r('fp', ARG['rho'])};")
-    e(f"{r('ap', I_A0)} = [{r('ap', C['AIN'])}];")
-    e(f"{r('ap', I_ACC)} = {r('ap', I_A0)} + {r('ap', I_D)};")
-    e(f"{r('ap', I_AIN)} = {r('ap', C['AIN'])} + {r('fp', ARG['stride'])};")
-    e(f"{r('ap', I_N)} = {r('ap', C['N'])} + (-1);")
-    e(f"{r('ap', I_CTR)} = {r('ap', C['CTR'])} + 64;")
-    e(f"{r('ap', I_OPTR)} = {r('ap', C['P'])} + {I_OUT};")
-    e(f"ap += {I_OPTR};")
+    values = []  # (cell, multiplier index) per entry
+    if packed:
+        rc_idx = 0
 
-    def rel(cell):  # B-relative cell, addressed while ap = B + I_OPTR
-        return cell - I_OPTR
+        def rc_cell(cell):
+            nonlocal rc_idx
+            e(f"{r('ap', cell)} = [{r('ap', C['RC'])} + {rc_idx}];")
+            rc_idx += 1
 
-    word = lambda fin: hex(blake_word(rel(I_CTR), rel(C["SP"]), rel(C["P"]), fin))
-    e(f"jmp pass_more if {r('ap', rel(I_N))} != 0;")
-    e(f"jmp pass_final if {r('fp', ARG['last'])} != 0;")
+        for q in range(WORDS):
+            w = i_w + q
+            r1, r2, b3 = (i_h + HELPERS * q + j for j in range(HELPERS))
+            z1, b0, c0, z2, b1, c1, z3, b2, c2 = (i_split + SPLIT_CELLS * q + j for j in range(9))
+            for hi, lo, z, byte, scaled in ((r1, w, z1, b0, c0), (r2, r1, z2, b1, c1), (b3, r2, z3, b2, c2)):
+                # byte = lo - 256 hi, range-checked through byte * 2^88 < 2^96 and hi < 2^96.
+                e(f"{r('ap', z)} = {r('ap', hi)} * (-256);")
+                e(f"{r('ap', byte)} = {r('ap', lo)} + {r('ap', z)};")
+                e(f"{r('ap', scaled)} = {r('ap', byte)} * {BYTE_SCALE};")
+                rc_cell(scaled)
+                rc_cell(hi)
+            values += [(b0, 4 * q), (b1, 4 * q + 1), (b2, 4 * q + 2), (b3, 4 * q + 3)]
+        assert rc_idx == RC_PER_WORD * WORDS
+    else:
+        values = [(i_w + q, q) for q in range(WORDS)]
+    for cell, idx in values:
+        e(f"{r('ap', i_p + idx)} = {r('ap', cell)} * {r('fp', idx)};")
+    e(f"{r('ap', i_s)} = {r('ap', i_p)} + {r('ap', i_p + 1)};")
+    for i in range(1, entries - 1):
+        e(f"{r('ap', i_s + i)} = {r('ap', i_s + i - 1)} + {r('ap', i_p + i + 1)};")
+    e(f"{r('ap', i_d)} = {r('ap', i_s + entries - 2)} + {r('fp', ARG['negc'])};")
+    e(f"{r('ap', i_q)} = {r('ap', C['RP'])} * {r('ap', i_d)};")
+    e(f"{r('ap', i_t)} = {r('ap', C['T'])} + {r('ap', i_q)};")
+    e(f"{r('ap', i_rp)} = {r('ap', C['RP'])} * {r('fp', ARG['rho'])};")
+    e(f"{r('ap', i_a0)} = [{r('ap', C['AIN'])}];")
+    e(f"{r('ap', i_acc)} = {r('ap', i_a0)} + {r('ap', i_d)};")
+    e(f"{r('ap', i_ain)} = {r('ap', C['AIN'])} + {r('fp', ARG['stride'])};")
+    e(f"{r('ap', i_n)} = {r('ap', C['N'])} + (-1);")
+    e(f"{r('ap', i_ctr)} = {r('ap', C['CTR'])} + 64;")
+    e(f"{r('ap', i_rc)} = {r('ap', C['RC'])} + {RC_PER_WORD * WORDS if packed else 0};")
+    e(f"{r('ap', i_optr)} = {r('ap', C['P'])} + {i_out};")
+    e(f"ap += {i_optr};")
+
+    def rel(cell):  # B-relative cell, addressed while ap = B + i_optr
+        return cell - i_optr
+
+    def word(fin):
+        return hex(blake_word(rel(i_ctr), rel(C["SP"]), rel(C["P"]), fin))
+
+    e(f"jmp {name}_more if {r('ap', rel(i_n))} != 0;")
+    e(f"jmp {name}_final if {r('fp', ARG['last'])} != 0;")
     e(f"dw {word(False)};")
-    e("jmp pass_done;")
-    out.append("    pass_final:")
+    e(f"jmp {name}_done;")
+    out.append(f"    {name}_final:")
     e(f"dw {word(True)};")
-    out.append("    pass_done:")
-    # ap = B + I_OPTR + 1
-    end = I_OPTR + 1
-    e(f"[ap] = {r('ap', I_T - end)}, ap++;")
-    e(f"[ap] = {r('fp', F_FP)} + {B0 + I_ACC}, ap++;")
-    e(f"[ap] = {r('ap', I_OPTR - end - 2)}, ap++;")
+    out.append(f"    {name}_done:")
+    # ap = B + end: the return values.
+    e(f"[ap] = {r('ap', i_t - end)}, ap++;")
+    e(f"[ap] = {r('fp', f_fp)} + {b0_rel + i_acc}, ap++;")
+    e(f"[ap] = {r('ap', i_optr - end - 2)}, ap++;")
+    e(f"[ap] = {r('ap', i_rc - end - 3)}, ap++;")
     e("ret;")
 
-    out.append("    pass_more:")
+    out.append(f"    {name}_more:")
     e(f"dw {word(False)};")
-    # Push the carried values so that they land at [B' - 7] .. [B' - 1], B' = B + ITER.
-    sources = {
-        "P": None,
-        "SP": I_OPTR,
-        "CTR": I_CTR,
-        "N": I_N,
-        "RP": I_RP,
-        "T": I_T,
-        "AIN": I_AIN,
-    }
-    for i, name in enumerate(CARRIED):
+    # Push the carried values so that they land at [B' - 8] .. [B' - 1], B' = B + iter_size.
+    sources = {"SP": i_optr, "CTR": i_ctr, "N": i_n, "RP": i_rp, "T": i_t, "AIN": i_ain, "RC": i_rc}
+    for i, carried in enumerate(CARRIED):
         at = end + i  # B-relative ap before this push
-        if name == "P":
-            e(f"[ap] = {r('ap', C['P'] - at)} + {ITER}, ap++;")
+        if carried == "P":
+            e(f"[ap] = {r('ap', C['P'] - at)} + {iter_size}, ap++;")
         else:
-            e(f"[ap] = {r('ap', sources[name] - at)}, ap++;")
-    assert end + len(CARRIED) == ITER
-    e("jmp pass_row;")
+            e(f"[ap] = {r('ap', sources[carried] - at)}, ap++;")
+    e(f"jmp {name}_row;")
     out.append("}")
-    return "\n".join(out) + "\n"
+    out.append("")
+    return out
+
+
+def gen():
+    out = [
+        "// GENERATED by gen_batch_pass.py -- do not edit; see docs/batch.md.",
+        "//",
+        "// One pass of the batch segment kernel over a chunk column: per row, one Blake2s block",
+        "// of the column's chain, the dot product of its entries with the pass's multipliers and",
+        "// the running results. batch_pass32: 16 int32 entries per row (one per word);",
+        "// batch_pass8: 64 int8 entries (four per word, split with range checks).",
+        "//",
+        "// Arguments: m (the multipliers), state (8 words: the chain before the first row),",
+        "// counter (bytes the chain hashed before it), n >= 1 rows, rp = rho^(first row), rho,",
+        "// t (running weighted sum), acc_in (the first row's accumulator; the next rows' follow",
+        "// every `stride` cells), negc (added to every dot product), last (finalize the chain's",
+        "// last block), rc (the next free range_check96 cell). Returns t + sum_r rp rho^r d_r, the",
+        "// address of the first row's new accumulator (rows follow every *_ITER cells), the",
+        "// address of the chain's final state and the next free range_check96 cell.",
+        "",
+        "func pass_get_fp() {",
+        "    // `call` leaves the caller's fp at [ap - 2]: the one constrained way to read fp.",
+        "    ret;",
+        "}",
+        "",
+    ]
+    out += gen_pass("batch_pass32", packed=False)
+    out += gen_pass("batch_pass8", packed=True)
+    return "\n".join(out).rstrip() + "\n"
 
 
 if __name__ == "__main__":

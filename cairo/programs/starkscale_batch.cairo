@@ -9,10 +9,11 @@ const KIND_BATCH_ROOT = 7;
 const SEG_ROW0 = 5;
 const SEG_ROWS = 6;
 const SEG_LAST = 7;
-const SEG_SEED = 8;
-const SEG_T = 16;
-const SEG_V_DIGEST = 24;
-const SEG_CHAINS = 32;
+const SEG_SIGMA = 8;
+const SEG_RHO = 16;
+const SEG_T = 24;
+const SEG_V_DIGEST = 32;
+const SEG_CHAINS = 40;
 
 // sum_i w[i] 2^(32 i) over 8 words, reduced modulo the field prime.
 func felt_of_words(w: felt*) -> felt {

@@ -16,10 +16,10 @@
 //!   σ = Blake2s(seed ‖ 1) and ρ = Blake2s(seed ‖ 2) read as field elements.
 //! - **Check**: with v = σᵀA (v_k = Σ_i σ^i A[i][k]), Σ_j ρ^j (v · x_j) = Σ_j ρ^j Σ_i σ^i y_j[i].
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use blake2::{Blake2s256, Digest as _};
 use cairo_vm::hint_processor::builtin_hint_processor::blake2s_hash::blake2s_compress;
@@ -47,7 +47,7 @@ pub const CHUNK: usize = 16;
 pub const MAX_DIM: usize = 1 << 24;
 pub const MAX_STREAM_ROWS: usize = 1 << 25;
 /// Words of a segment output before its chains.
-const SEGMENT_HEADER: usize = 32;
+const SEGMENT_HEADER: usize = 40;
 /// Blake2s-256's initial state: IV xor the parameter block (32-byte digest, no key).
 pub const INITIAL_STATE: [u32; 8] = [
     0x6b08_e647,
@@ -129,9 +129,17 @@ impl Stream {
         }
     }
 
+    /// Entries per 16-word chunk: int8 entries are packed four to a word.
+    pub fn per_chunk(self) -> usize {
+        match self {
+            Stream::Weights | Stream::Inputs => 4 * CHUNK,
+            Stream::Outputs => CHUNK,
+        }
+    }
+
     /// Chunk columns: 16-word chunks per padded row.
     pub fn chunks(self, shape: &Shape) -> usize {
-        self.row_len(shape).div_ceil(CHUNK)
+        self.row_len(shape).div_ceil(self.per_chunk())
     }
 }
 
@@ -189,14 +197,42 @@ impl Rows {
         Rows::I8 { width: h, data }
     }
 
-    /// The 16 words of chunk `chunk` of row `row`, entries stored as value + `offset`, padded
-    /// with zero values.
-    pub fn chunk_words(&self, row: usize, chunk: usize, offset: i64) -> [u32; CHUNK] {
-        let mut words = [offset as u32; CHUNK];
-        let start = chunk * CHUNK;
-        let end = (start + CHUNK).min(self.width());
-        for (i, col) in (start..end).enumerate() {
-            words[i] = (self.get(row, col) + offset) as u32;
+    /// Entries per 16-word chunk: int8 entries are packed four to a word.
+    pub fn per_chunk(&self) -> usize {
+        match self {
+            Rows::I8 { .. } => 4 * CHUNK,
+            Rows::I32 { .. } => CHUNK,
+        }
+    }
+
+    /// Chunk columns of a padded row.
+    pub fn chunks(&self) -> usize {
+        self.width().div_ceil(self.per_chunk())
+    }
+
+    /// The 16 words of chunk `chunk` of row `row`, padded with zero values: int8 entries as
+    /// bytes value + 128, four per little-endian word; int32 entries as value + 2^31.
+    pub fn chunk_words(&self, row: usize, chunk: usize) -> [u32; CHUNK] {
+        let per = self.per_chunk();
+        let start = chunk * per;
+        let end = (start + per).min(self.width());
+        let mut words = [0u32; CHUNK];
+        match self {
+            Rows::I8 { width, data } => {
+                let mut bytes = [128u8; 4 * CHUNK];
+                for (i, col) in (start..end).enumerate() {
+                    bytes[i] = (data[row * width + col] as i16 + 128) as u8;
+                }
+                for (w, b) in words.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            Rows::I32 { width, data } => {
+                words = [1 << 31; CHUNK];
+                for (i, col) in (start..end).enumerate() {
+                    words[i] = (data[row * width + col] as i64 + (1 << 31)) as u32;
+                }
+            }
         }
         words
     }
@@ -219,14 +255,14 @@ pub fn multiply(a: &Rows, x: &Rows) -> Rows {
     Rows::I32 { width: m, data }
 }
 
-/// Digest of every chunk column of `rows` (a whole stream), stored with `offset`.
-pub fn chain_digests(rows: &Rows, offset: i64) -> Vec<Digest> {
-    let chunks = rows.width().div_ceil(CHUNK);
+/// Digest of every chunk column of `rows` (a whole stream).
+pub fn chain_digests(rows: &Rows) -> Vec<Digest> {
+    let chunks = rows.chunks();
     (0..chunks)
         .map(|c| {
             let mut hasher = Blake2s256::new();
             for r in 0..rows.height() {
-                for w in rows.chunk_words(r, c, offset) {
+                for w in rows.chunk_words(r, c) {
                     hasher.update(w.to_le_bytes());
                 }
             }
@@ -237,13 +273,13 @@ pub fn chain_digests(rows: &Rows, offset: i64) -> Vec<Digest> {
 
 /// Every chain's state after the first `upto` rows (not finalized): what a segment starting at
 /// row `upto` continues from.
-pub fn chain_states(rows: &Rows, offset: i64, upto: usize) -> Vec<[u32; 8]> {
-    let chunks = rows.width().div_ceil(CHUNK);
+pub fn chain_states(rows: &Rows, upto: usize) -> Vec<[u32; 8]> {
+    let chunks = rows.chunks();
     (0..chunks)
         .map(|c| {
             let mut state = INITIAL_STATE;
             for r in 0..upto {
-                let block = rows.chunk_words(r, c, offset);
+                let block = rows.chunk_words(r, c);
                 let counter = (64 * (r + 1)) as u32;
                 let next = blake2s_compress(&state, &block, counter, 0, 0, 0);
                 state.copy_from_slice(&next);
@@ -267,8 +303,8 @@ pub fn commitment(stream: Stream, shape: &Shape, digests: &[Digest]) -> Digest {
 /// The commitment of a whole stream given as rows (`a` for the weights: it is transposed here).
 pub fn commit(stream: Stream, shape: &Shape, rows: &Rows) -> Digest {
     let digests = match stream {
-        Stream::Weights => chain_digests(&rows.transpose_i8(), stream.offset()),
-        _ => chain_digests(rows, stream.offset()),
+        Stream::Weights => chain_digests(&rows.transpose_i8()),
+        _ => chain_digests(rows),
     };
     commitment(stream, shape, &digests)
 }
@@ -359,7 +395,9 @@ pub struct SegmentInput {
     pub row0: usize,
     /// The segment's rows (the weights stream's rows are columns of A).
     pub data: Rows,
-    pub seed: Digest,
+    /// The job's challenges (σ, ρ), which the root derives from the seed and checks.
+    pub sigma: Felt252,
+    pub rho: Felt252,
     /// Each chain's state before the segment.
     pub states: Vec<[u32; 8]>,
     /// v as 8 limbs per entry (inputs only).
@@ -429,7 +467,8 @@ pub struct SegmentOutput {
     pub row0: usize,
     pub rows: usize,
     pub last: bool,
-    pub seed: Digest,
+    pub sigma: [u32; 8],
+    pub rho: [u32; 8],
     pub t: [u32; 8],
     pub v_digest: Digest,
     /// Per chunk column: (state before, state after).
@@ -477,9 +516,10 @@ impl SegmentOutput {
             row0,
             rows,
             last: words[7] == 1,
-            seed: Digest(eight(&words[8..])),
-            t: eight(&words[16..]),
-            v_digest: Digest(eight(&words[24..])),
+            sigma: eight(&words[8..]),
+            rho: eight(&words[16..]),
+            t: eight(&words[24..]),
+            v_digest: Digest(eight(&words[32..])),
             chains: words[chains_at..v_at]
                 .chunks_exact(16)
                 .map(|c| (eight(c), eight(&c[8..])))
@@ -491,6 +531,25 @@ impl SegmentOutput {
 
 /// Runs the segment kernel on `input`.
 pub fn run_segment(input: &SegmentInput, max_steps: usize) -> Result<ProgramRun, KernelError> {
+    run_segment_inner(input, max_steps, 0)
+}
+
+/// A dishonest prover's run for tests: the first word's `w >> 8` helper is off by `delta`, so
+/// the kernel is offered a non-canonical split of that word into bytes.
+#[doc(hidden)]
+pub fn run_segment_with_bad_split(
+    input: &SegmentInput,
+    max_steps: usize,
+    delta: i64,
+) -> Result<ProgramRun, KernelError> {
+    run_segment_inner(input, max_steps, delta)
+}
+
+fn run_segment_inner(
+    input: &SegmentInput,
+    max_steps: usize,
+    split_delta: i64,
+) -> Result<ProgramRun, KernelError> {
     input.check()?;
     let input = Arc::new(input.clone());
     let mut hints: HashMap<String, Rc<HintFunc>> = HashMap::new();
@@ -520,8 +579,13 @@ pub fn run_segment(input: &SegmentInput, max_steps: usize) -> Result<ProgramRun,
             vm.load_data(v, &cells)?;
             insert_value_from_var_name("v_words", v, vm, ids, ap)?;
             let out = get_ptr_from_var_name("out", vm, ids, ap)?;
-            let seed: Vec<MaybeRelocatable> = seg.seed.0.iter().map(|&w| Felt252::from(w).into()).collect();
-            vm.load_data((out + 8usize)?, &seed)?;
+            for (at, value) in [(8usize, &seg.sigma), (16, &seg.rho)] {
+                let limbs: Vec<MaybeRelocatable> = words_of_felt(value)
+                    .iter()
+                    .map(|&w| Felt252::from(w).into())
+                    .collect();
+                vm.load_data((out + at)?, &limbs)?;
+            }
             for (c, state) in seg.states.iter().enumerate() {
                 let cells: Vec<MaybeRelocatable> =
                     state.iter().map(|&w| Felt252::from(w).into()).collect();
@@ -537,18 +601,35 @@ pub fn run_segment(input: &SegmentInput, max_steps: usize) -> Result<ProgramRun,
     let seg = input.clone();
     hints.insert(
         "starkscale_batch_row".into(),
-        Rc::new(HintFunc(Box::new(move |vm, _scopes, _ids, _ap, _consts| {
-            let i = calls.fetch_add(1, Ordering::Relaxed);
-            let rows = seg.rows();
-            let (chunk, row) = (i / rows, i % rows);
-            if chunk >= seg.chunks() {
-                return Err(HintError::CustomHint("more rows asked for than the segment has".into()));
-            }
-            let words = seg.data.chunk_words(row, chunk, seg.stream.offset());
-            let cells: Vec<MaybeRelocatable> = words.iter().map(|&w| Felt252::from(w).into()).collect();
-            vm.load_data(vm.get_ap(), &cells)?;
-            Ok(())
-        }))),
+        Rc::new(HintFunc(Box::new(
+            move |vm, _scopes, _ids, _ap, _consts| {
+                let i = calls.fetch_add(1, Ordering::Relaxed);
+                let rows = seg.rows();
+                let (chunk, row) = (i / rows, i % rows);
+                if chunk >= seg.chunks() {
+                    return Err(HintError::CustomHint(
+                        "more rows asked for than the segment has".into(),
+                    ));
+                }
+                let words = seg.data.chunk_words(row, chunk);
+                let mut cells: Vec<MaybeRelocatable> =
+                    words.iter().map(|&w| Felt252::from(w).into()).collect();
+                if seg.stream.per_chunk() > CHUNK {
+                    // The int8 pass splits each word: it needs w >> 8, w >> 16 and w >> 24.
+                    for w in words {
+                        for shift in [8, 16, 24] {
+                            cells.push(Felt252::from(w >> shift).into());
+                        }
+                    }
+                    if i == 0 && split_delta != 0 {
+                        cells[CHUNK] =
+                            (Felt252::from(words[0] >> 8) + Felt252::from(split_delta)).into();
+                    }
+                }
+                vm.load_data(vm.get_ap(), &cells)?;
+                Ok(())
+            },
+        ))),
     );
 
     hints.insert(
@@ -576,6 +657,8 @@ pub struct Planner<'a> {
     pub x: &'a Rows,
     pub y: &'a Rows,
     pub seed: Digest,
+    pub sigma: Felt252,
+    pub rho: Felt252,
     pub v: Vec<Felt252>,
 }
 
@@ -588,15 +671,12 @@ impl<'a> Planner<'a> {
             b: x.height(),
         };
         let at = a.transpose_i8();
-        let com_a = commitment(
-            Stream::Weights,
-            &shape,
-            &chain_digests(&at, Stream::Weights.offset()),
-        );
+        let com_a = commitment(Stream::Weights, &shape, &chain_digests(&at));
         let com_x = commit(Stream::Inputs, &shape, x);
         let com_y = commit(Stream::Outputs, &shape, y);
         let seed = seed(&shape, &com_a, &com_x, &com_y);
         let sigma = challenge(&seed, 1);
+        let rho = challenge(&seed, 2);
         let v = weights_vector(a, &sigma);
         Planner {
             shape,
@@ -604,6 +684,8 @@ impl<'a> Planner<'a> {
             x,
             y,
             seed,
+            sigma,
+            rho,
             v,
         }
     }
@@ -628,8 +710,9 @@ impl<'a> Planner<'a> {
             shape: self.shape,
             row0,
             data: all.slice(row0, rows),
-            seed: self.seed,
-            states: chain_states(all, stream.offset(), row0),
+            sigma: self.sigma,
+            rho: self.rho,
+            states: chain_states(all, row0),
             v_words,
         }
     }
@@ -647,10 +730,7 @@ pub struct RootInput {
 
 impl RootInput {
     pub fn children(&self) -> impl Iterator<Item = &Child> {
-        self.weights
-            .iter()
-            .chain(&self.inputs)
-            .chain(&self.outputs)
+        self.weights.iter().chain(&self.inputs).chain(&self.outputs)
     }
 }
 
@@ -687,8 +767,9 @@ pub fn run_root(input: &RootInput, max_steps: usize) -> Result<ProgramRun, Kerne
             ("n_w", node.weights.len()),
             ("n_x", node.inputs.len()),
             ("n_y", node.outputs.len()),
-            ("chunks_m", s.m.div_ceil(CHUNK)),
-            ("chunks_k", s.k.div_ceil(CHUNK)),
+            ("chunks_w", Stream::Weights.chunks(&s)),
+            ("chunks_x", Stream::Inputs.chunks(&s)),
+            ("chunks_y", Stream::Outputs.chunks(&s)),
         ];
         for (name, value) in values {
             insert_value_from_var_name(name, Felt252::from(value), vm, ids, ap)?;
@@ -718,7 +799,10 @@ impl RootOutput {
             return Err(format!("batch root output of {} words", words.len()));
         }
         if words[0] != FORMAT_VERSION || words[1] != KIND_BATCH_ROOT {
-            return Err(format!("version {} kind {} is not a batch root", words[0], words[1]));
+            return Err(format!(
+                "version {} kind {} is not a batch root",
+                words[0], words[1]
+            ));
         }
         let n = words[37] as usize;
         if words.len() != ROOT_FACTS + 8 * n {
@@ -748,6 +832,15 @@ impl RootOutput {
 /// Blake2s compressions per segment by default: a segment proof then stays near 4 GB.
 pub const DEFAULT_SEGMENT_BLOCKS: usize = 8192;
 
+/// Compressions a segment spends besides its rows: for inputs, the digest of v's limbs.
+pub fn segment_overhead(stream: Stream, shape: &Shape) -> usize {
+    if stream == Stream::Inputs {
+        (8 * shape.k).div_ceil(CHUNK)
+    } else {
+        0
+    }
+}
+
 /// One segment of a plan: rows `row0..row0 + rows` of `stream`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentSpec {
@@ -756,13 +849,26 @@ pub struct SegmentSpec {
     pub rows: usize,
 }
 
-/// Cuts each stream into segments of about `blocks` Blake2s compressions (one per chunk column
-/// and row), in the root's order: weights, inputs, outputs, each top to bottom.
+/// What planning counts a proof's fixed cost as, in Blake2s compressions (~3 s here).
+const FLOOR_BLOCKS: usize = 1536;
+
+/// Cuts each stream into segments of at most `blocks` Blake2s compressions each (overhead
+/// included), in the root's order: weights, inputs, outputs, each top to bottom. int8 segments
+/// get a quarter as many: a compression there carries 64 entries at ~6 Cairo steps each, and a
+/// proof's memory follows its steps. The prover pads a proof's compressions to a power of
+/// two, so every segment is sized to fill one: for each power of two up to the limit, the
+/// stream's cost is counted as (fixed cost + padded compressions) over its segments, and the
+/// cheapest wins.
 pub fn plan_segments(shape: &Shape, blocks: usize) -> Vec<SegmentSpec> {
     let mut out = Vec::new();
     for stream in Stream::ALL {
+        let limit = if stream.per_chunk() > CHUNK {
+            blocks / 4
+        } else {
+            blocks
+        };
+        let per = segment_rows(stream, shape, limit);
         let height = stream.height(shape);
-        let per = (blocks / stream.chunks(shape).max(1)).max(1);
         let mut row0 = 0;
         while row0 < height {
             let rows = per.min(height - row0);
@@ -771,4 +877,28 @@ pub fn plan_segments(shape: &Shape, blocks: usize) -> Vec<SegmentSpec> {
         }
     }
     out
+}
+
+/// Rows per segment of `stream` (all but the last segment have exactly this many).
+fn segment_rows(stream: Stream, shape: &Shape, limit: usize) -> usize {
+    let (chunks, overhead) = (stream.chunks(shape), segment_overhead(stream, shape));
+    let height = stream.height(shape);
+    let padded = |rows: usize| (rows * chunks + overhead).next_power_of_two();
+    let mut best: Option<(usize, usize)> = None;
+    let mut cap = 64usize;
+    while cap <= limit.max(64) {
+        let per = cap.saturating_sub(overhead) / chunks;
+        if per > 0 {
+            let per = per.min(height);
+            let n = height.div_ceil(per);
+            let last = height - (n - 1) * per;
+            let cost = (n - 1) * (FLOOR_BLOCKS + padded(per)) + FLOOR_BLOCKS + padded(last);
+            if best.is_none_or(|(c, _)| cost < c) {
+                best = Some((cost, per));
+            }
+        }
+        cap *= 2;
+    }
+    // A row wider than the limit still needs a segment of its own.
+    best.map_or(1, |(_, per)| per)
 }

@@ -39,7 +39,9 @@ pub enum BatchError {
     Malformed(String),
     #[error("proof {index}: {source}")]
     Proof { index: usize, source: VerifyError },
-    #[error("proof order: proof {index} is of the {found} program where a {expected} proof belongs")]
+    #[error(
+        "proof order: proof {index} is of the {found} program where a {expected} proof belongs"
+    )]
     Order {
         index: usize,
         found: &'static str,
@@ -152,7 +154,9 @@ impl BatchCertificate {
         for _ in 0..count {
             let len = r.u64()?;
             if len > r.remaining() as u64 {
-                return Err(BatchError::Malformed("a proof is longer than the file".into()));
+                return Err(BatchError::Malformed(
+                    "a proof is longer than the file".into(),
+                ));
             }
             proofs.push(r.take(len as usize)?.to_vec());
         }

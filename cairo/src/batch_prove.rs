@@ -23,6 +23,16 @@ pub struct BatchStats {
     pub prove_s: f64,
     /// Per stream: Blake2s compressions proven (one per chunk column and row).
     pub blocks: [usize; 3],
+    /// Every proof in order: what it was (a stream and its rows, or the root), its Cairo steps
+    /// and its proving seconds.
+    pub proofs: Vec<ProofStats>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProofStats {
+    pub what: String,
+    pub steps: usize,
+    pub prove_s: f64,
 }
 
 /// Proves Y = A·X for `a` (M × K) and `x` (B × K, one input per row); returns Y (B × M), the
@@ -59,11 +69,25 @@ pub fn prove_batch(
         let run = batch::run_segment(&input, max_steps)?;
         stats.steps += run.stats.steps;
         stats.run_s += run.stats.run_s + run.stats.adapt_s;
-        let index = Stream::ALL.iter().position(|s| *s == spec.stream).unwrap_or(0);
+        let index = Stream::ALL
+            .iter()
+            .position(|s| *s == spec.stream)
+            .unwrap_or(0);
         stats.blocks[index] += spec.rows * spec.stream.chunks(&plan.shape);
+        let steps = run.stats.steps;
         let (proof, prove_s) = prover.prove(run.input)?;
         stats.prove_s += prove_s;
         stats.segments += 1;
+        stats.proofs.push(ProofStats {
+            what: format!(
+                "{} rows {}..{}",
+                spec.stream.name(),
+                spec.row0,
+                spec.row0 + spec.rows
+            ),
+            steps,
+            prove_s,
+        });
         proofs.push(proof.to_bytes());
         children[index].push(Child {
             program_hash,
@@ -82,8 +106,14 @@ pub fn prove_batch(
         .map_err(|e| KernelError::Vm(format!("batch root wrote a malformed output: {e}")))?;
     stats.steps += run.stats.steps;
     stats.run_s += run.stats.run_s + run.stats.adapt_s;
+    let steps = run.stats.steps;
     let (proof, prove_s) = prover.prove(run.input)?;
     stats.prove_s += prove_s;
+    stats.proofs.push(ProofStats {
+        what: "root".into(),
+        steps,
+        prove_s,
+    });
     proofs.push(proof.to_bytes());
     let cert = BatchCertificate {
         shape: plan.shape,

@@ -9,7 +9,9 @@ const STEPS: usize = 1 << 24;
 fn random_i8(rng: &mut rand::rngs::StdRng, rows: usize, width: usize) -> Rows {
     Rows::I8 {
         width,
-        data: (0..rows * width).map(|_| rng.gen_range(-128..=127)).collect(),
+        data: (0..rows * width)
+            .map(|_| rng.gen_range(-128..=127))
+            .collect(),
     }
 }
 
@@ -34,7 +36,8 @@ fn segments_compute_the_native_sums_and_chains() {
             let run = batch::run_segment(&input, STEPS).expect("segment runs");
             let out = SegmentOutput::from_words(&run.output).expect("output parses");
             assert_eq!(out.stream, stream);
-            assert_eq!(out.seed, plan.seed);
+            assert_eq!(batch::felt_of_words(&out.sigma), plan.sigma);
+            assert_eq!(batch::felt_of_words(&out.rho), plan.rho);
             assert_eq!(out.last, w[1] == height);
             let t = batch::felt_of_words(&out.t);
             // Chains continue the native states and end where the next segment starts.
@@ -43,14 +46,14 @@ fn segments_compute_the_native_sums_and_chains() {
                 Stream::Inputs => x.clone(),
                 Stream::Outputs => y.clone(),
             };
-            let before = batch::chain_states(&all, stream.offset(), w[0]);
+            let before = batch::chain_states(&all, w[0]);
             for (c, (state_in, state_out)) in out.chains.iter().enumerate() {
                 assert_eq!(state_in, &before[c]);
                 if w[1] == height {
-                    let digests = batch::chain_digests(&all, stream.offset());
+                    let digests = batch::chain_digests(&all);
                     assert_eq!(state_out, &digests[c].0, "{stream:?} chain {c} digest");
                 } else {
-                    let after = batch::chain_states(&all, stream.offset(), w[1]);
+                    let after = batch::chain_states(&all, w[1]);
                     assert_eq!(state_out, &after[c]);
                 }
             }
@@ -106,9 +109,18 @@ fn the_root_states_the_commitments_and_facts() {
     };
     let run = batch::run_root(&input, STEPS).expect("root runs");
     let out = batch::RootOutput::from_words(&run.output).expect("root output parses");
-    assert_eq!(out.a_commitment, batch::commit(Stream::Weights, &plan.shape, &a));
-    assert_eq!(out.x_commitment, batch::commit(Stream::Inputs, &plan.shape, &x));
-    assert_eq!(out.y_commitment, batch::commit(Stream::Outputs, &plan.shape, &y));
+    assert_eq!(
+        out.a_commitment,
+        batch::commit(Stream::Weights, &plan.shape, &a)
+    );
+    assert_eq!(
+        out.x_commitment,
+        batch::commit(Stream::Inputs, &plan.shape, &x)
+    );
+    assert_eq!(
+        out.y_commitment,
+        batch::commit(Stream::Outputs, &plan.shape, &y)
+    );
     assert_eq!(out.seed, plan.seed);
     let facts: Vec<_> = input.children().map(|c| c.fact()).collect();
     assert_eq!(out.facts, facts);
@@ -134,7 +146,10 @@ fn the_root_states_the_commitments_and_facts() {
         outputs: bad_outputs,
         ..input.clone()
     };
-    assert!(batch::run_root(&mixed, STEPS).is_err(), "stale seeds must fail the root");
+    assert!(
+        batch::run_root(&mixed, STEPS).is_err(),
+        "stale seeds must fail the root"
+    );
 }
 
 #[test]
@@ -152,12 +167,9 @@ fn a_consistent_but_wrong_y_fails_the_product_check() {
     let program_hash = starkscale_cairo::program::Pinned::Batch.hash();
     let child = |stream: Stream| starkscale_cairo::tree::Child {
         program_hash,
-        output: batch::run_segment(
-            &plan.segment(stream, 0, stream.height(&plan.shape)),
-            STEPS,
-        )
-        .expect("segment runs")
-        .output,
+        output: batch::run_segment(&plan.segment(stream, 0, stream.height(&plan.shape)), STEPS)
+            .expect("segment runs")
+            .output,
     };
     let input = batch::RootInput {
         shape: plan.shape,
@@ -167,4 +179,25 @@ fn a_consistent_but_wrong_y_fails_the_product_check() {
     };
     let err = batch::run_root(&input, STEPS).expect_err("Y != A X must fail");
     eprintln!("{err}");
+}
+
+#[test]
+fn a_non_canonical_byte_split_fails_the_range_checks() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let a = random_i8(&mut rng, 6, 10);
+    let x = random_i8(&mut rng, 3, 10);
+    let y = batch::multiply(&a, &x);
+    let plan = Planner::new(&a, &x, &y);
+    for stream in [Stream::Weights, Stream::Inputs] {
+        let input = plan.segment(stream, 0, stream.height(&plan.shape));
+        assert!(batch::run_segment_with_bad_split(&input, STEPS, 0).is_ok());
+        for delta in [1, -1, 1 << 40] {
+            let err = batch::run_segment_with_bad_split(&input, STEPS, delta)
+                .expect_err("a byte outside 0..256 must fail");
+            assert!(
+                err.to_string().contains("range"),
+                "{stream:?} {delta}: {err}"
+            );
+        }
+    }
 }

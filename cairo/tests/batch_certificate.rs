@@ -5,7 +5,9 @@ use std::sync::OnceLock;
 
 use rand::{Rng, SeedableRng};
 use starkscale_cairo::batch::{self, Rows, Stream};
-use starkscale_cairo::batch_certificate::{verify_batch, BatchCertificate, BatchError, BatchExpect};
+use starkscale_cairo::batch_certificate::{
+    verify_batch, BatchCertificate, BatchError, BatchExpect,
+};
 use starkscale_cairo::batch_prove::prove_batch;
 use starkscale_cairo::verify::VerifyError;
 use starkscale_cairo::{Profile, Prover};
@@ -23,7 +25,9 @@ struct Job {
 fn random_i8(rng: &mut rand::rngs::StdRng, rows: usize, width: usize) -> Rows {
     Rows::I8 {
         width,
-        data: (0..rows * width).map(|_| rng.gen_range(-128..=127)).collect(),
+        data: (0..rows * width)
+            .map(|_| rng.gen_range(-128..=127))
+            .collect(),
     }
 }
 
@@ -86,24 +90,49 @@ fn an_honest_batch_verifies_and_tampering_is_named() {
     if let Rows::I32 { data, .. } = &mut y {
         data[7] += 1;
     }
-    let err = verify_batch(&bytes, &BatchExpect { y: Some(&y), ..expect(&com_a, one) }).unwrap_err();
-    assert!(matches!(err, BatchError::Commitment { what: "Y", .. }), "{err}");
+    let err = verify_batch(
+        &bytes,
+        &BatchExpect {
+            y: Some(&y),
+            ..expect(&com_a, one)
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, BatchError::Commitment { what: "Y", .. }),
+        "{err}"
+    );
 
     // Another job's certificate for this X: the X commitment differs.
     let err = verify_batch(&two.cert.to_bytes(), &expect(&com_a, one)).unwrap_err();
-    assert!(matches!(err, BatchError::Commitment { what: "X", .. }), "{err}");
+    assert!(
+        matches!(err, BatchError::Commitment { what: "X", .. }),
+        "{err}"
+    );
 
     // Other weights.
     let other_a = starkscale_cairo::Digest([1; 8]);
-    let err = verify_batch(&bytes, &BatchExpect { a_commitment: Some(&other_a), ..expect(&com_a, one) })
-        .unwrap_err();
-    assert!(matches!(err, BatchError::Commitment { what: "A", .. }), "{err}");
+    let err = verify_batch(
+        &bytes,
+        &BatchExpect {
+            a_commitment: Some(&other_a),
+            ..expect(&com_a, one)
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, BatchError::Commitment { what: "A", .. }),
+        "{err}"
+    );
 
     // The certificate's own header claims a different Y.
     let mut cert = one.cert.clone();
     cert.y_commitment = two.cert.y_commitment;
     let err = verify_batch(&cert.to_bytes(), &BatchExpect::default_test()).unwrap_err();
-    assert!(matches!(err, BatchError::Commitment { what: "Y", .. }), "{err}");
+    assert!(
+        matches!(err, BatchError::Commitment { what: "Y", .. }),
+        "{err}"
+    );
 
     // Two segments swapped.
     let mut cert = one.cert.clone();

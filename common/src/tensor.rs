@@ -351,6 +351,22 @@ pub mod npy {
 
     /// Returns (shape, values), each value range-checked against `dtype`.
     pub fn parse(bytes: &[u8], dtype: Dtype) -> Result<(Vec<usize>, Vec<i64>), TensorError> {
+        parse_checked(bytes, |v, i| dtype.check(v, i))
+    }
+
+    /// Returns (shape, values), each value checked to be an int32 (a batch job's Y).
+    pub fn parse_i32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<i64>), TensorError> {
+        parse_checked(bytes, |v, i| {
+            i32::try_from(v)
+                .map(i64::from)
+                .map_err(|_| TensorError::Npy(format!("value {v} at index {i} is not an int32")))
+        })
+    }
+
+    fn parse_checked(
+        bytes: &[u8],
+        check: impl Fn(i128, usize) -> Result<i64, TensorError>,
+    ) -> Result<(Vec<usize>, Vec<i64>), TensorError> {
         let err = |m: &str| TensorError::Npy(m.to_string());
         if !bytes.starts_with(MAGIC) || bytes.len() < 10 {
             return Err(err("missing NUMPY magic"));
@@ -422,13 +438,29 @@ pub mod npy {
             } else {
                 raw as i128
             };
-            values.push(dtype.check(v, i)?);
+            values.push(check(v, i)?);
         }
         Ok((shape, values))
     }
 
+    /// Serializes a C-order little-endian int32 array (a batch job's Y).
+    pub fn write_i32(shape: &[usize], values: &[i32]) -> Vec<u8> {
+        let mut out = header(shape, "<i4");
+        for v in values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
     /// Serializes a C-order little-endian int8 array (used by tests and `bench`).
     pub fn write_i8(shape: &[usize], values: &[i64]) -> Vec<u8> {
+        let mut out = header(shape, "|i1");
+        out.extend(values.iter().map(|&v| v as i8 as u8));
+        out
+    }
+
+    /// Magic, version 1.0 and the header dict, padded so the data starts on a 64-byte boundary.
+    fn header(shape: &[usize], descr: &str) -> Vec<u8> {
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         let shape_txt = if dims.len() == 1 {
             format!("({},)", dims[0])
@@ -436,18 +468,16 @@ pub mod npy {
             format!("({})", dims.join(", "))
         };
         let mut header =
-            format!("{{'descr': '|i1', 'fortran_order': False, 'shape': {shape_txt}, }}");
-        // Header padded with spaces so the data starts on a 64-byte boundary, ending in '\n'.
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
         header.push('\n');
-        let mut out = Vec::with_capacity(10 + header.len() + values.len());
+        let mut out = Vec::with_capacity(10 + header.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[1, 0]);
         out.extend_from_slice(&(header.len() as u16).to_le_bytes());
         out.extend_from_slice(header.as_bytes());
-        out.extend(values.iter().map(|&v| v as i8 as u8));
         out
     }
 
