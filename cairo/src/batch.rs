@@ -885,8 +885,8 @@ fn segment_rows(stream: Stream, shape: &Shape, limit: usize) -> usize {
     let height = stream.height(shape);
     let padded = |rows: usize| (rows * chunks + overhead).next_power_of_two();
     let mut best: Option<(usize, usize)> = None;
-    let mut cap = 64usize;
-    while cap <= limit.max(64) {
+    let mut cap = 1usize;
+    while cap <= limit {
         let per = cap.saturating_sub(overhead) / chunks;
         if per > 0 {
             let per = per.min(height);
@@ -901,4 +901,81 @@ fn segment_rows(stream: Stream, shape: &Shape, limit: usize) -> usize {
     }
     // A row wider than the limit still needs a segment of its own.
     best.map_or(1, |(_, per)| per)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cover_each_stream_in_order_and_fill_powers_of_two() {
+        for (m, k, b) in [
+            (1024, 1024, 1024),
+            (64, 64, 100_000),
+            (10, 784, 3),
+            (1, 1, 1),
+        ] {
+            let shape = Shape { m, k, b };
+            let plan = plan_segments(&shape, DEFAULT_SEGMENT_BLOCKS);
+            for stream in Stream::ALL {
+                let segs: Vec<_> = plan.iter().filter(|s| s.stream == stream).collect();
+                let mut row = 0;
+                for s in &segs {
+                    assert_eq!(s.row0, row);
+                    assert!(s.rows >= 1);
+                    row += s.rows;
+                }
+                assert_eq!(row, stream.height(&shape), "{stream:?} of {shape:?}");
+                // Every segment but the last fills its padded power of two at least half way.
+                let blocks = |s: &SegmentSpec| {
+                    s.rows * stream.chunks(&shape) + segment_overhead(stream, &shape)
+                };
+                for s in &segs[..segs.len() - 1] {
+                    let used = blocks(s);
+                    assert!(
+                        2 * used > used.next_power_of_two(),
+                        "{stream:?} {shape:?}: {used}"
+                    );
+                    assert!(used <= DEFAULT_SEGMENT_BLOCKS);
+                }
+            }
+            // Root order: weights, then inputs, then outputs.
+            let order: Vec<_> = plan.iter().map(|s| s.stream as usize).collect();
+            assert!(order.windows(2).all(|w| w[0] <= w[1]));
+        }
+    }
+
+    #[test]
+    fn packed_words_and_padding() {
+        let rows = Rows::I8 {
+            width: 5,
+            data: vec![-128, -1, 0, 1, 127],
+        };
+        let words = rows.chunk_words(0, 0);
+        assert_eq!(words[0], u32::from_le_bytes([0, 127, 128, 129]));
+        // Entry 4 and the padding are zero values: byte 128.
+        assert_eq!(words[1], u32::from_le_bytes([255, 128, 128, 128]));
+        assert!(words[2..].iter().all(|&w| w == 0x8080_8080));
+        let ys = Rows::I32 {
+            width: 2,
+            data: vec![-5, i32::MAX],
+        };
+        let words = ys.chunk_words(0, 0);
+        assert_eq!(words[0], (1u32 << 31) - 5);
+        assert_eq!(words[1], u32::MAX);
+        assert!(words[2..].iter().all(|&w| w == 1 << 31));
+    }
+
+    #[test]
+    fn chain_digests_equal_blake2s_of_the_column_and_states_continue() {
+        let rows = Rows::I32 {
+            width: 20,
+            data: (0..3 * 20).collect(),
+        };
+        let digests = chain_digests(&rows);
+        assert_eq!(digests.len(), 2);
+        let words: Vec<u32> = (0..3).flat_map(|r| rows.chunk_words(r, 1)).collect();
+        assert_eq!(digests[1], blake2s_words(&words));
+        assert_eq!(chain_states(&rows, 0)[0], INITIAL_STATE);
+    }
 }

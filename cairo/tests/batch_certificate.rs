@@ -13,8 +13,9 @@ use starkscale_cairo::verify::VerifyError;
 use starkscale_cairo::{Profile, Prover};
 
 const STEPS: usize = 1 << 24;
-// Weights: 40 rows of 2 chunks, two segments; inputs and outputs: one segment each.
-const BLOCKS: usize = 48;
+// Weights: 40 rows of one chunk, two segments (int8 segments get a quarter of the budget);
+// inputs and outputs: one segment each.
+const BLOCKS: usize = 128;
 
 struct Job {
     x: Rows,
