@@ -138,7 +138,7 @@ pub fn kernel(args: KernelArgs) -> Result<()> {
             setup_s,
             macs,
             macs_per_s: macs as f64 / (stats.run_s + stats.adapt_s + prove_s),
-            peak_rss_bytes: starkscale_worker::memory::peak_rss_bytes(),
+            peak_rss_bytes: starkscale_common::rss::peak_rss_bytes(),
             proof_bytes: bytes.len(),
         };
         println!("{}", serde_json::to_string(&report)?);
@@ -656,14 +656,20 @@ pub fn batch(args: BatchArgs) -> Result<()> {
         prove_s: stats.prove_s,
         blocks: stats.blocks,
         bound_bytes_per_s: bound as f64 / proving,
-        peak_rss_bytes: starkscale_worker::memory::peak_rss_bytes(),
+        peak_rss_bytes: starkscale_common::rss::peak_rss_bytes(),
         certificate_bytes: bytes.len(),
         verify_s: verified.verify_s,
     };
     println!("{}", serde_json::to_string(&report)?);
     if !args.json {
         for p in &stats.proofs {
-            eprintln!("  {}: {} steps, {:.1} s", p.what, p.steps, p.prove_s);
+            eprintln!(
+                "  {}: {} steps, {:.1} s, {:.2} GB peak",
+                p.what,
+                p.steps,
+                p.prove_s,
+                p.peak_rss_bytes as f64 / 1e9
+            );
         }
         eprintln!(
             "{}x{}x{}: {:.0} s, {:.2} M effective MAC/s, {} proofs, {:.2} GB peak, verify {:.3} s",

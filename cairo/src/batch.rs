@@ -274,19 +274,25 @@ pub fn chain_digests(rows: &Rows) -> Vec<Digest> {
 /// Every chain's state after the first `upto` rows (not finalized): what a segment starting at
 /// row `upto` continues from.
 pub fn chain_states(rows: &Rows, upto: usize) -> Vec<[u32; 8]> {
-    let chunks = rows.chunks();
-    (0..chunks)
-        .map(|c| {
-            let mut state = INITIAL_STATE;
-            for r in 0..upto {
-                let block = rows.chunk_words(r, c);
-                let counter = (64 * (r + 1)) as u32;
-                let next = blake2s_compress(&state, &block, counter, 0, 0, 0);
-                state.copy_from_slice(&next);
-            }
-            state
-        })
-        .collect()
+    advance_states(rows, vec![INITIAL_STATE; rows.chunks()], 0, upto)
+}
+
+/// Every chain's state after rows `from..to`, given the states after the first `from` rows.
+pub fn advance_states(
+    rows: &Rows,
+    mut states: Vec<[u32; 8]>,
+    from: usize,
+    to: usize,
+) -> Vec<[u32; 8]> {
+    for (c, state) in states.iter_mut().enumerate() {
+        for r in from..to {
+            let block = rows.chunk_words(r, c);
+            let counter = (64 * (r + 1)) as u32;
+            let next = blake2s_compress(state, &block, counter, 0, 0, 0);
+            state.copy_from_slice(&next);
+        }
+    }
+    states
 }
 
 /// A stream's commitment: Blake2s(kind, height, row length, chain digests…).
@@ -698,7 +704,38 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// The inputs of `specs`' segments in order, each stream's chains advanced once overall.
+    pub fn segments<'p>(
+        &'p self,
+        specs: &'p [SegmentSpec],
+    ) -> impl Iterator<Item = SegmentInput> + 'p {
+        let mut at: Option<(Stream, usize, Vec<[u32; 8]>)> = None;
+        specs.iter().map(move |spec| {
+            let all = self.rows(spec.stream);
+            let states = match at.take() {
+                Some((stream, row, states)) if stream == spec.stream && row <= spec.row0 => {
+                    advance_states(all, states, row, spec.row0)
+                }
+                _ => chain_states(all, spec.row0),
+            };
+            let input = self.segment_from(spec.stream, spec.row0, spec.rows, states.clone());
+            at = Some((spec.stream, spec.row0, states));
+            input
+        })
+    }
+
     pub fn segment(&self, stream: Stream, row0: usize, rows: usize) -> SegmentInput {
+        let states = chain_states(self.rows(stream), row0);
+        self.segment_from(stream, row0, rows, states)
+    }
+
+    fn segment_from(
+        &self,
+        stream: Stream,
+        row0: usize,
+        rows: usize,
+        states: Vec<[u32; 8]>,
+    ) -> SegmentInput {
         let all = self.rows(stream);
         let v_words = if stream == Stream::Inputs {
             self.v.iter().flat_map(words_of_felt).collect()
@@ -712,7 +749,7 @@ impl<'a> Planner<'a> {
             data: all.slice(row0, rows),
             sigma: self.sigma,
             rho: self.rho,
-            states: chain_states(all, row0),
+            states,
             v_words,
         }
     }

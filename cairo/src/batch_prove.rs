@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use starkscale_common::rss;
+
 use crate::batch::{self, plan_segments, Planner, RootInput, Rows, Stream};
 use crate::batch_certificate::BatchCertificate;
 use crate::program::Pinned;
@@ -33,6 +35,8 @@ pub struct ProofStats {
     pub what: String,
     pub steps: usize,
     pub prove_s: f64,
+    /// The process's peak resident memory while running and proving it.
+    pub peak_rss_bytes: u64,
 }
 
 /// Proves Y = A·X for `a` (M × K) and `x` (B × K, one input per row); returns Y (B × M), the
@@ -64,8 +68,9 @@ pub fn prove_batch(
     let program_hash = Pinned::Batch.hash();
     let mut children: [Vec<Child>; 3] = Default::default();
     let mut proofs = Vec::new();
-    for spec in plan_segments(&plan.shape, blocks) {
-        let input = plan.segment(spec.stream, spec.row0, spec.rows);
+    let specs = plan_segments(&plan.shape, blocks);
+    for (spec, input) in specs.iter().zip(plan.segments(&specs)) {
+        rss::reset_peak_rss();
         let run = batch::run_segment(&input, max_steps)?;
         stats.steps += run.stats.steps;
         stats.run_s += run.stats.run_s + run.stats.adapt_s;
@@ -87,6 +92,7 @@ pub fn prove_batch(
             ),
             steps,
             prove_s,
+            peak_rss_bytes: rss::peak_rss_bytes(),
         });
         proofs.push(proof.to_bytes());
         children[index].push(Child {
@@ -101,6 +107,7 @@ pub fn prove_batch(
         inputs,
         outputs,
     };
+    rss::reset_peak_rss();
     let run = batch::run_root(&root_input, max_steps)?;
     let root = batch::RootOutput::from_words(&run.output)
         .map_err(|e| KernelError::Vm(format!("batch root wrote a malformed output: {e}")))?;
@@ -113,6 +120,7 @@ pub fn prove_batch(
         what: "root".into(),
         steps,
         prove_s,
+        peak_rss_bytes: rss::peak_rss_bytes(),
     });
     proofs.push(proof.to_bytes());
     let cert = BatchCertificate {

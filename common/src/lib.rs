@@ -9,6 +9,7 @@
 //! - [`broker`]: RabbitMQ topology and confirmed publishing ([`broker::AmqpBroker`]).
 //! - [`store`]: Redis with a TTL on every write ([`store::RedisStore`]).
 //! - [`metrics`]: every Prometheus metric's name, description and buckets, and `/metrics`.
+//! - [`rss`]: a process's peak resident memory, reset and read around each proof.
 //!
 //! Nothing here touches the proving stack; `starkscale-cairo` owns that.
 
@@ -19,6 +20,7 @@ pub mod job;
 pub mod messages;
 pub mod metrics;
 pub mod plan;
+pub mod rss;
 pub mod store;
 pub mod tensor;
 

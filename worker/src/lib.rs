@@ -17,8 +17,6 @@
 //! hand, so that a short outage does not use up the task's deliveries; only then, or when the
 //! broker goes away, is the task requeued.
 
-pub mod memory;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +28,7 @@ use starkscale_common::broker::{Broker, BrokerError, Delivery, Headers};
 use starkscale_common::config::FleetConfig;
 use starkscale_common::messages::{Keys, TaskEvent, TaskKind, TaskMsg, TaskOutcome, TileInputBlob};
 use starkscale_common::metrics::{self, Stage, TaskOutcomeLabel};
+use starkscale_common::rss;
 use starkscale_common::store::{Store, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -309,7 +308,7 @@ impl<B: Broker, S: Store> Worker<B, S> {
         let macs = work.macs();
         let prover = self.prover.clone();
         let max_steps = self.max_steps;
-        memory::reset_peak_rss();
+        rss::reset_peak_rss();
         let mut proving = tokio::task::spawn_blocking(move || -> Proven {
             let (input, stats) = work.run(max_steps)?;
             let (proof, prove_s) = prover.prove(input)?;
@@ -335,7 +334,7 @@ impl<B: Broker, S: Store> Worker<B, S> {
             }
             Err(join) => return Ok(failed(format!("proving panicked: {join}"))),
         };
-        let peak_rss_bytes = memory::peak_rss_bytes();
+        let peak_rss_bytes = rss::peak_rss_bytes();
         let key = self.keys.proof(&task.job_id, task.task, task.attempt);
         let started = Instant::now();
         self.patiently(|| self.store.put(&key, &proof, self.ttl))

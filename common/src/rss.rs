@@ -1,5 +1,5 @@
-//! The worker's memory, as Linux reports it: each task's peak is measured on its own (the peak
-//! is reset before the task), so a leak shows as peaks that grow from task to task.
+//! A process's peak memory, as Linux reports it. Workers and benchmarks measure each proof's peak
+//! on its own (reset before, read after), so a leak shows as peaks that grow from task to task.
 
 /// Peak resident set size of this process since start or the last [`reset_peak_rss`] (Linux
 /// `VmHWM`), 0 where unavailable.
