@@ -655,6 +655,281 @@ fn run_segment_inner(
     run_pinned(Pinned::Batch, max_steps, hints)
 }
 
+/// What an honest run of the segment kernel on `input` outputs, computed natively: a planner
+/// can then accept a proof by its fact alone. Limbs are canonical, as the kernel's hints write
+/// them.
+pub fn expected_output(input: &SegmentInput, all_v: &[Felt252]) -> Vec<u32> {
+    let s = &input.shape;
+    let rows = input.rows();
+    let last = input.row0 + rows == input.stream.height(s);
+    let mut out = vec![
+        FORMAT_VERSION,
+        input.stream.kind(),
+        s.m as u32,
+        s.k as u32,
+        s.b as u32,
+        input.row0 as u32,
+        rows as u32,
+        last as u32,
+    ];
+    out.extend(words_of_felt(&input.sigma));
+    out.extend(words_of_felt(&input.rho));
+    let t = match input.stream {
+        Stream::Weights => {
+            let mults = powers(&input.sigma, input.stream.row_len(s));
+            weighted_sum(&input.data, &mults, &input.rho, input.row0)
+        }
+        Stream::Inputs => weighted_sum(&input.data, all_v, &input.rho, input.row0),
+        Stream::Outputs => {
+            let mults = powers(&input.sigma, s.m);
+            weighted_sum(&input.data, &mults, &input.rho, input.row0)
+        }
+    };
+    out.extend(words_of_felt(&t));
+    let v_digest = if input.stream == Stream::Inputs {
+        blake2s_words(&input.v_words)
+    } else {
+        Digest::default()
+    };
+    out.extend(v_digest.0);
+    let after = advance_states(&input.data, input.states.clone(), 0, rows);
+    for (c, (before, after)) in input.states.iter().zip(after).enumerate() {
+        out.extend(before);
+        if last {
+            // The chain's last block is finalized: the state is the chain's digest.
+            out.extend(finalized(&input.data, before, input.row0, c));
+        } else {
+            out.extend(after);
+        }
+    }
+    if input.stream == Stream::Weights {
+        let mults = powers(&input.sigma, s.m);
+        for r in 0..rows {
+            let mut v = Felt252::ZERO;
+            for (i, m) in mults.iter().enumerate() {
+                v += *m * signed(input.data.get(r, i));
+            }
+            out.extend(words_of_felt(&v));
+        }
+    }
+    out
+}
+
+/// Chain `c`'s digest, continuing from `before` (its state after `row0` rows) over every row
+/// of `rows`, the last block finalized.
+fn finalized(rows: &Rows, before: &[u32; 8], row0: usize, c: usize) -> [u32; 8] {
+    let mut state = *before;
+    let n = rows.height();
+    for r in 0..n {
+        let counter = (64 * (row0 + r + 1)) as u32;
+        let f0 = if r + 1 == n { u32::MAX } else { 0 };
+        let next = blake2s_compress(&state, &rows.chunk_words(r, c), counter, 0, f0, 0);
+        state.copy_from_slice(&next);
+    }
+    state
+}
+
+const SEGMENT_MAGIC: &[u8; 4] = b"SSSG";
+const ROOT_MAGIC: &[u8; 4] = b"SSBR";
+
+struct Words<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Words<'_> {
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self
+            .bytes
+            .get(self.at..self.at + 4)
+            .ok_or("truncated batch task input")?;
+        self.at += 4;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn words(&mut self, n: usize) -> Result<Vec<u32>, String> {
+        if n > (self.bytes.len() - self.at) / 4 {
+            return Err("truncated batch task input".into());
+        }
+        (0..n).map(|_| self.u32()).collect()
+    }
+    fn felt(&mut self) -> Result<Felt252, String> {
+        Ok(felt_of_words(&self.words(8)?))
+    }
+    fn rest(&self) -> &[u8] {
+        &self.bytes[self.at..]
+    }
+}
+
+fn put(out: &mut Vec<u8>, words: impl IntoIterator<Item = u32>) {
+    for w in words {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+}
+
+impl SegmentInput {
+    /// The task input a worker fetches: header, challenges, chain states, v's limbs, then the
+    /// rows (int8 bytes, or int32 little-endian).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = SEGMENT_MAGIC.to_vec();
+        let s = &self.shape;
+        put(
+            &mut out,
+            [
+                self.stream.kind(),
+                s.m as u32,
+                s.k as u32,
+                s.b as u32,
+                self.row0 as u32,
+                self.rows() as u32,
+                self.states.len() as u32,
+                self.v_words.len() as u32,
+            ],
+        );
+        put(&mut out, words_of_felt(&self.sigma));
+        put(&mut out, words_of_felt(&self.rho));
+        put(&mut out, self.states.iter().flatten().copied());
+        put(&mut out, self.v_words.iter().copied());
+        match &self.data {
+            Rows::I8 { data, .. } => out.extend(data.iter().map(|&v| v as u8)),
+            Rows::I32 { data, .. } => put(&mut out, data.iter().map(|&v| v as u32)),
+        }
+        out
+    }
+
+    /// Decodes and checks a task input ([`SegmentInput::check`]).
+    pub fn from_bytes(bytes: &[u8]) -> Result<SegmentInput, KernelError> {
+        let bad = |m: String| KernelError::InvalidTile(format!("segment input: {m}"));
+        let body = bytes
+            .strip_prefix(SEGMENT_MAGIC)
+            .ok_or_else(|| bad("not a batch segment".into()))?;
+        let mut r = Words { bytes: body, at: 0 };
+        let h = r.words(8).map_err(bad)?;
+        let stream = Stream::from_kind(h[0]).ok_or_else(|| bad(format!("kind {}", h[0])))?;
+        let shape = Shape {
+            m: h[1] as usize,
+            k: h[2] as usize,
+            b: h[3] as usize,
+        };
+        let (row0, rows) = (h[4] as usize, h[5] as usize);
+        let sigma = r.felt().map_err(bad)?;
+        let rho = r.felt().map_err(bad)?;
+        let states = r
+            .words(8 * h[6] as usize)
+            .map_err(bad)?
+            .chunks_exact(8)
+            .map(eight)
+            .collect();
+        let v_words = r.words(h[7] as usize).map_err(bad)?;
+        let width = stream.row_len(&shape);
+        let entries = rows
+            .checked_mul(width)
+            .filter(|&n| n <= MAX_SEGMENT_ENTRIES)
+            .ok_or_else(|| bad(format!("{rows} rows of {width} entries")))?;
+        let rest = r.rest();
+        let data = if stream == Stream::Outputs {
+            if rest.len() != 4 * entries {
+                return Err(bad(format!(
+                    "{} data bytes for {entries} int32 entries",
+                    rest.len()
+                )));
+            }
+            Rows::I32 {
+                width,
+                data: rest
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            }
+        } else {
+            if rest.len() != entries {
+                return Err(bad(format!(
+                    "{} data bytes for {entries} int8 entries",
+                    rest.len()
+                )));
+            }
+            Rows::I8 {
+                width,
+                data: rest.iter().map(|&b| b as i8).collect(),
+            }
+        };
+        let input = SegmentInput {
+            stream,
+            shape,
+            row0,
+            data,
+            sigma,
+            rho,
+            states,
+            v_words,
+        };
+        input.check()?;
+        Ok(input)
+    }
+}
+
+/// Entries a segment input may carry (a segment is sized to a few hundred thousand).
+const MAX_SEGMENT_ENTRIES: usize = 1 << 24;
+
+impl RootInput {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = ROOT_MAGIC.to_vec();
+        let s = &self.shape;
+        put(
+            &mut out,
+            [
+                s.m as u32,
+                s.k as u32,
+                s.b as u32,
+                self.weights.len() as u32,
+                self.inputs.len() as u32,
+                self.outputs.len() as u32,
+            ],
+        );
+        for child in self.children() {
+            put(&mut out, [child.output.len() as u32]);
+            put(&mut out, child.program_hash.0);
+            put(&mut out, child.output.iter().copied());
+        }
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<RootInput, String> {
+        let body = bytes
+            .strip_prefix(ROOT_MAGIC)
+            .ok_or("not a batch root input")?;
+        let mut r = Words { bytes: body, at: 0 };
+        let h = r.words(6)?;
+        let mut read = |n: u32| -> Result<Vec<Child>, String> {
+            (0..n)
+                .map(|_| {
+                    let len = r.u32()? as usize;
+                    let hash = r.words(8)?;
+                    Ok(Child {
+                        program_hash: Digest(eight(&hash)),
+                        output: r.words(len)?,
+                    })
+                })
+                .collect()
+        };
+        let weights = read(h[3])?;
+        let inputs = read(h[4])?;
+        let outputs = read(h[5])?;
+        if !r.rest().is_empty() {
+            return Err("trailing bytes after the batch root input".into());
+        }
+        Ok(RootInput {
+            shape: Shape {
+                m: h[0] as usize,
+                k: h[1] as usize,
+                b: h[2] as usize,
+            },
+            weights,
+            inputs,
+            outputs,
+        })
+    }
+}
+
 /// The inputs of one segment of `stream`, planned natively from the whole job.
 #[derive(Debug)]
 pub struct Planner<'a> {

@@ -107,6 +107,10 @@ fn the_root_states_the_commitments_and_facts() {
         inputs: children(Stream::Inputs, &[0, 3, 7]),
         outputs: children(Stream::Outputs, &[0, 7]),
     };
+    assert_eq!(
+        batch::RootInput::from_bytes(&input.to_bytes()).expect("decodes"),
+        input
+    );
     let run = batch::run_root(&input, STEPS).expect("root runs");
     let out = batch::RootOutput::from_words(&run.output).expect("root output parses");
     assert_eq!(
@@ -198,6 +202,33 @@ fn a_non_canonical_byte_split_fails_the_range_checks() {
                 err.to_string().contains("range"),
                 "{stream:?} {delta}: {err}"
             );
+        }
+    }
+}
+
+#[test]
+fn the_native_expected_output_is_the_kernels_and_inputs_round_trip() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+    let (m, k, b) = (19, 70, 6);
+    let a = random_i8(&mut rng, m, k);
+    let x = random_i8(&mut rng, b, k);
+    let y = batch::multiply(&a, &x);
+    let plan = Planner::new(&a, &x, &y);
+    for stream in Stream::ALL {
+        let height = stream.height(&plan.shape);
+        for (row0, rows) in [(0, height / 2), (height / 2, height - height / 2)] {
+            let input = plan.segment(stream, row0, rows);
+            let run = batch::run_segment(&input, STEPS).expect("runs");
+            assert_eq!(
+                batch::expected_output(&input, &plan.v),
+                run.output,
+                "{stream:?} rows {row0}+{rows}"
+            );
+            let decoded = batch::SegmentInput::from_bytes(&input.to_bytes()).expect("decodes");
+            assert_eq!(decoded.to_bytes(), input.to_bytes());
+            let mut bytes = input.to_bytes();
+            bytes.truncate(bytes.len() - 1);
+            assert!(batch::SegmentInput::from_bytes(&bytes).is_err());
         }
     }
 }
