@@ -21,6 +21,8 @@ Run `python3 cairo/programs/gen_batch_pass.py > cairo/programs/batch_pass.cairo`
 (scripts/compile-cairo.sh does this).
 """
 
+from gen_map import Cells, blake_word, r
+
 WORDS = 16  # words per row and pass: one Blake2s block
 
 # Arguments, fp-relative (pushed in this order by the caller).
@@ -40,35 +42,6 @@ HELPERS = 3
 SPLIT_CELLS = 9  # per word: z1 b0 c0 z2 b1 c1 z3 b2 c2
 RC_PER_WORD = 6  # c0 r1 c1 r2 c2 b3
 BYTE_SCALE = 2**88  # b < 256  <=>  b * 2^88 < 2^96
-
-
-def blake_word(dst, op0, op1, finalize):
-    """The Blake2s opcode with dst, op0 and op1 ap-relative, then ap++ (see docs/kernel.md)."""
-
-    def off(v):
-        assert -(1 << 15) <= v < (1 << 15), v
-        return v + (1 << 15)
-
-    flags = (1 << 4) | (1 << 11)  # op1_ap (word bit 52), ap_add1 (word bit 59)
-    word = off(dst) | (off(op0) << 16) | (off(op1) << 32) | (flags << 48)
-    word |= (2 if finalize else 1) << 63
-    return word
-
-
-def r(base, off):
-    if off == 0:
-        return f"[{base}]"
-    return f"[{base} + {off}]" if off > 0 else f"[{base} - {-off}]"
-
-
-class Cells:
-    def __init__(self, start):
-        self.next = start
-
-    def take(self, n=1):
-        first = self.next
-        self.next += n
-        return first
 
 
 def gen_pass(name, packed):

@@ -33,7 +33,7 @@ use cairo_vm::Felt252;
 
 use crate::encoding::{blake2s_words, Digest, Fact, FORMAT_VERSION};
 use crate::program::Pinned;
-use crate::run::{run_pinned, ProgramRun};
+use crate::run::{load_children, run_pinned, ProgramRun};
 use crate::tree::Child;
 use crate::KernelError;
 
@@ -369,14 +369,30 @@ pub fn weights_vector(a: &Rows, sigma: &Felt252) -> Vec<Felt252> {
 
 /// Σ_j ρ^(row0 + j) (m · row_j) for the rows of a segment starting at stream row `row0`.
 pub fn weighted_sum(rows: &Rows, multipliers: &[Felt252], rho: &Felt252, row0: usize) -> Felt252 {
+    weigh(&row_dots(rows, multipliers), rho, row0)
+}
+
+/// Each row's dot product with `multipliers` (entries past the row's end are not used).
+fn row_dots(rows: &Rows, multipliers: &[Felt252]) -> Vec<Felt252> {
+    (0..rows.height())
+        .map(|j| {
+            multipliers
+                .iter()
+                .enumerate()
+                .take(rows.width())
+                .fold(Felt252::ZERO, |acc, (i, m)| {
+                    acc + *m * signed(rows.get(j, i))
+                })
+        })
+        .collect()
+}
+
+/// Σ_j ρ^(row0 + j) d_j.
+fn weigh(dots: &[Felt252], rho: &Felt252, row0: usize) -> Felt252 {
     let mut power = rho.pow(row0 as u128);
     let mut total = Felt252::ZERO;
-    for j in 0..rows.height() {
-        let mut dot = Felt252::ZERO;
-        for (i, m) in multipliers.iter().enumerate().take(rows.width()) {
-            dot += *m * signed(rows.get(j, i));
-        }
-        total += power * dot;
+    for d in dots {
+        total += power * d;
         power *= rho;
     }
     total
@@ -674,17 +690,17 @@ pub fn expected_output(input: &SegmentInput, all_v: &[Felt252]) -> Vec<u32> {
     ];
     out.extend(words_of_felt(&input.sigma));
     out.extend(words_of_felt(&input.rho));
-    let t = match input.stream {
-        Stream::Weights => {
-            let mults = powers(&input.sigma, input.stream.row_len(s));
-            weighted_sum(&input.data, &mults, &input.rho, input.row0)
-        }
-        Stream::Inputs => weighted_sum(&input.data, all_v, &input.rho, input.row0),
-        Stream::Outputs => {
-            let mults = powers(&input.sigma, s.m);
-            weighted_sum(&input.data, &mults, &input.rho, input.row0)
-        }
+    // Each row's dot product with the stream's multipliers: t weighs them by rho^row; a
+    // weights segment also states each one (v_k for the column of A it is).
+    let sigmas;
+    let mults: &[Felt252] = if input.stream == Stream::Inputs {
+        all_v
+    } else {
+        sigmas = powers(&input.sigma, s.m);
+        &sigmas
     };
+    let dots = row_dots(&input.data, mults);
+    let t = weigh(&dots, &input.rho, input.row0);
     out.extend(words_of_felt(&t));
     let v_digest = if input.stream == Stream::Inputs {
         blake2s_words(&input.v_words)
@@ -703,13 +719,8 @@ pub fn expected_output(input: &SegmentInput, all_v: &[Felt252]) -> Vec<u32> {
         }
     }
     if input.stream == Stream::Weights {
-        let mults = powers(&input.sigma, s.m);
-        for r in 0..rows {
-            let mut v = Felt252::ZERO;
-            for (i, m) in mults.iter().enumerate() {
-                v += *m * signed(input.data.get(r, i));
-            }
-            out.extend(words_of_felt(&v));
+        for v in &dots {
+            out.extend(words_of_felt(v));
         }
     }
     out
@@ -1055,21 +1066,7 @@ pub fn run_root(input: &RootInput, max_steps: usize) -> Result<ProgramRun, Kerne
     }
     let node = Arc::new(input.clone());
     let load = HintFunc(Box::new(move |vm, _scopes, ids, ap, _consts| {
-        let table = vm.add_memory_segment();
-        let mut entries = Vec::new();
-        for child in node.children() {
-            let segment = vm.add_memory_segment();
-            let cells: Vec<MaybeRelocatable> = child
-                .program_hash
-                .0
-                .iter()
-                .chain(&child.output)
-                .map(|&w| Felt252::from(w).into())
-                .collect();
-            vm.load_data(segment, &cells)?;
-            entries.push(MaybeRelocatable::from(segment));
-        }
-        vm.load_data(table, &entries)?;
+        let table = load_children(vm, node.children())?;
         insert_value_from_var_name("children", table, vm, ids, ap)?;
         let s = node.shape;
         let values = [

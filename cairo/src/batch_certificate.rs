@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use crate::batch::{commit, RootOutput, Rows, SegmentOutput, Shape, Stream};
-use crate::certificate::{malformed, CertificateError, Reader};
+use crate::certificate::{malformed, write_proofs, CertificateError, Reader};
 use crate::encoding::{self, Digest};
 use crate::program::Pinned;
 use crate::proof::TileProof;
@@ -20,7 +20,6 @@ use crate::verify::{check_pinned, check_stark, VerifyError};
 
 const MAGIC: &[u8; 4] = b"SSBC";
 pub const BATCH_CERTIFICATE_VERSION: u8 = 1;
-const MAX_PROOFS: usize = 1 << 20;
 
 /// A batch certificate: segment proofs (weights, inputs, outputs, each in row order), then the
 /// batch root's proof.
@@ -119,11 +118,7 @@ impl BatchCertificate {
         for d in [&self.a_commitment, &self.x_commitment, &self.y_commitment] {
             out.extend_from_slice(&d.to_bytes());
         }
-        out.extend_from_slice(&(self.proofs.len() as u32).to_le_bytes());
-        for proof in &self.proofs {
-            out.extend_from_slice(&(proof.len() as u64).to_le_bytes());
-            out.extend_from_slice(proof);
-        }
+        write_proofs(&mut out, &self.proofs);
         out
     }
 
@@ -144,27 +139,7 @@ impl BatchCertificate {
             b: r.u32()? as usize,
         };
         let (a, x, y) = (r.digest()?, r.digest()?, r.digest()?);
-        let count = r.u32()? as usize;
-        if count > MAX_PROOFS {
-            return Err(BatchError::Malformed(format!(
-                "{count} proofs is over the limit"
-            )));
-        }
-        let mut proofs = Vec::with_capacity(count.min(1024));
-        for _ in 0..count {
-            let len = r.u64()?;
-            if len > r.remaining() as u64 {
-                return Err(BatchError::Malformed(
-                    "a proof is longer than the file".into(),
-                ));
-            }
-            proofs.push(r.take(len as usize)?.to_vec());
-        }
-        if r.remaining() != 0 {
-            return Err(BatchError::Malformed(
-                "trailing bytes after the last proof".into(),
-            ));
-        }
+        let proofs = r.proofs()?;
         Ok(BatchCertificate {
             shape,
             a_commitment: a,

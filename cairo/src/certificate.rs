@@ -146,11 +146,7 @@ impl Certificate {
             // The root states y + 2^31 as a u32, so every entry fits an i32.
             out.extend_from_slice(&(v as i32).to_le_bytes());
         }
-        out.extend_from_slice(&(self.proofs.len() as u32).to_le_bytes());
-        for proof in &self.proofs {
-            out.extend_from_slice(&(proof.len() as u64).to_le_bytes());
-            out.extend_from_slice(proof);
-        }
+        write_proofs(&mut out, &self.proofs);
         out
     }
 
@@ -179,21 +175,7 @@ impl Certificate {
                     .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let count = r.u32()? as usize;
-        if count > MAX_PROOFS {
-            return Err(malformed(format!("{count} proofs is over the limit")));
-        }
-        let mut proofs = Vec::with_capacity(count.min(1024));
-        for _ in 0..count {
-            let len = r.u64()?;
-            if len > r.remaining() as u64 {
-                return Err(malformed("a proof is longer than the file"));
-            }
-            proofs.push(r.take(len as usize)?.to_vec());
-        }
-        if r.remaining() != 0 {
-            return Err(malformed("trailing bytes after the last proof"));
-        }
+        let proofs = r.proofs()?;
         Ok(Certificate {
             rows,
             cols,
@@ -236,6 +218,15 @@ impl Certificate {
     }
 }
 
+/// The proof list that ends a certificate: a u32 count, then each proof as u64 length + bytes.
+pub(crate) fn write_proofs(out: &mut Vec<u8>, proofs: &[Vec<u8>]) {
+    out.extend_from_slice(&(proofs.len() as u32).to_le_bytes());
+    for proof in proofs {
+        out.extend_from_slice(&(proof.len() as u64).to_le_bytes());
+        out.extend_from_slice(proof);
+    }
+}
+
 pub(crate) struct Reader<'a> {
     pub(crate) bytes: &'a [u8],
     pub(crate) at: usize,
@@ -261,6 +252,26 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
+    /// The proof list [`write_proofs`] wrote, which must end the file.
+    pub(crate) fn proofs(&mut self) -> Result<Vec<Vec<u8>>, CertificateError> {
+        let count = self.u32()? as usize;
+        if count > MAX_PROOFS {
+            return Err(malformed(format!("{count} proofs is over the limit")));
+        }
+        let mut proofs = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            let len = self.u64()?;
+            if len > self.remaining() as u64 {
+                return Err(malformed("a proof is longer than the file"));
+            }
+            proofs.push(self.take(len as usize)?.to_vec());
+        }
+        if self.remaining() != 0 {
+            return Err(malformed("trailing bytes after the last proof"));
+        }
+        Ok(proofs)
+    }
+
     pub(crate) fn digest(&mut self) -> Result<Digest, CertificateError> {
         let mut a = [0u8; 32];
         a.copy_from_slice(self.take(32)?);

@@ -16,10 +16,12 @@ use cairo_vm::types::layout_name::LayoutName;
 use cairo_vm::types::program::Program;
 use cairo_vm::types::relocatable::{MaybeRelocatable, Relocatable};
 use cairo_vm::vm::errors::cairo_run_errors::CairoRunError;
+use cairo_vm::vm::errors::hint_errors::HintError;
 use cairo_vm::vm::errors::vm_errors::VirtualMachineError;
 use cairo_vm::vm::errors::vm_exception::VmException;
 use cairo_vm::vm::runners::builtin_runner::BuiltinRunner;
 use cairo_vm::vm::runners::cairo_runner::{CairoRunner, RunResources};
+use cairo_vm::vm::vm_core::VirtualMachine;
 use cairo_vm::Felt252;
 use num_traits::ToPrimitive;
 use stwo_cairo_adapter::ProverInput;
@@ -27,7 +29,7 @@ use stwo_cairo_adapter::ProverInput;
 use crate::encoding::{MapOutput, TileInput, KIND_MAP};
 use crate::hints::MapHints;
 use crate::program::{map_program, map_unbound_program, Pinned};
-use crate::tree::{ReduceInput, KIND_NODE};
+use crate::tree::{Child, ReduceInput, KIND_NODE};
 use crate::KernelError;
 
 /// Default step budget: a 1022-row tile needs ~1.25 M steps.
@@ -154,21 +156,7 @@ pub fn run_reduce(input: &ReduceInput, max_steps: usize) -> Result<ProgramRun, K
     let node = Arc::new(input.clone());
     let load = HintFunc(Box::new(
         move |vm, _scopes, ids, ap_tracking, _constants| {
-            let table = vm.add_memory_segment();
-            let mut entries = Vec::with_capacity(node.children.len());
-            for child in &node.children {
-                let segment = vm.add_memory_segment();
-                let cells: Vec<MaybeRelocatable> = child
-                    .program_hash
-                    .0
-                    .iter()
-                    .chain(&child.output)
-                    .map(|&w| Felt252::from(w).into())
-                    .collect();
-                vm.load_data(segment, &cells)?;
-                entries.push(MaybeRelocatable::from(segment));
-            }
-            vm.load_data(table, &entries)?;
+            let table = load_children(vm, &node.children)?;
             insert_value_from_var_name("children", table, vm, ids, ap_tracking)?;
             let mut values = vec![
                 ("mode", node.child_kind()),
@@ -197,6 +185,30 @@ pub fn run_reduce(input: &ReduceInput, max_steps: usize) -> Result<ProgramRun, K
         input,
         stats,
     })
+}
+
+/// Loads a reduce program's children table: one segment per child holding its program hash then
+/// its output, and a table segment of pointers to them, which is returned.
+pub(crate) fn load_children<'a>(
+    vm: &mut VirtualMachine,
+    children: impl IntoIterator<Item = &'a Child>,
+) -> Result<Relocatable, HintError> {
+    let table = vm.add_memory_segment();
+    let mut entries = Vec::new();
+    for child in children {
+        let segment = vm.add_memory_segment();
+        let cells: Vec<MaybeRelocatable> = child
+            .program_hash
+            .0
+            .iter()
+            .chain(&child.output)
+            .map(|&w| Felt252::from(w).into())
+            .collect();
+        vm.load_data(segment, &cells)?;
+        entries.push(MaybeRelocatable::from(segment));
+    }
+    vm.load_data(table, &entries)?;
+    Ok(table)
 }
 
 fn execute(

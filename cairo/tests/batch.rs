@@ -162,27 +162,78 @@ fn a_consistent_but_wrong_y_fails_the_product_check() {
     let (m, k, b) = (5, 20, 4);
     let a = random_i8(&mut rng, m, k);
     let x = random_i8(&mut rng, b, k);
-    let mut y = batch::multiply(&a, &x);
-    if let Rows::I32 { data, .. } = &mut y {
+    let honest = batch::multiply(&a, &x);
+    let mut wrong = honest.clone();
+    if let Rows::I32 { data, .. } = &mut wrong {
         data[3] -= 1;
     }
-    // Every segment is honest about the wrong Y: commitments, seed and chains all agree.
+    // Every segment is honest about its Y: commitments, seed and chains all agree, so the
+    // product check is the only thing that can tell the two apart.
+    let root_input = |y: &Rows| {
+        let plan = Planner::new(&a, &x, y);
+        let program_hash = starkscale_cairo::program::Pinned::Batch.hash();
+        let child = |stream: Stream| starkscale_cairo::tree::Child {
+            program_hash,
+            output: batch::run_segment(&plan.segment(stream, 0, stream.height(&plan.shape)), STEPS)
+                .expect("segment runs")
+                .output,
+        };
+        batch::RootInput {
+            shape: plan.shape,
+            weights: vec![child(Stream::Weights)],
+            inputs: vec![child(Stream::Inputs)],
+            outputs: vec![child(Stream::Outputs)],
+        }
+    };
+    batch::run_root(&root_input(&honest), STEPS).expect("the honest Y passes");
+    let err = batch::run_root(&root_input(&wrong), STEPS).expect_err("Y != A X must fail");
+    assert!(err.to_string().contains("ASSERT_EQ"), "{err}");
+}
+
+#[test]
+fn the_root_refuses_gaps_reordering_and_a_stream_cut_short() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let (m, k, b) = (9, 30, 6);
+    let a = random_i8(&mut rng, m, k);
+    let x = random_i8(&mut rng, b, k);
+    let y = batch::multiply(&a, &x);
     let plan = Planner::new(&a, &x, &y);
     let program_hash = starkscale_cairo::program::Pinned::Batch.hash();
-    let child = |stream: Stream| starkscale_cairo::tree::Child {
-        program_hash,
-        output: batch::run_segment(&plan.segment(stream, 0, stream.height(&plan.shape)), STEPS)
-            .expect("segment runs")
-            .output,
+    let children = |stream: Stream, cuts: &[usize]| -> Vec<starkscale_cairo::tree::Child> {
+        cuts.windows(2)
+            .map(|w| starkscale_cairo::tree::Child {
+                program_hash,
+                output: batch::run_segment(&plan.segment(stream, w[0], w[1] - w[0]), STEPS)
+                    .expect("segment runs")
+                    .output,
+            })
+            .collect()
     };
-    let input = batch::RootInput {
+    let honest = batch::RootInput {
         shape: plan.shape,
-        weights: vec![child(Stream::Weights)],
-        inputs: vec![child(Stream::Inputs)],
-        outputs: vec![child(Stream::Outputs)],
+        weights: children(Stream::Weights, &[0, 30]),
+        inputs: children(Stream::Inputs, &[0, 2, 4, 6]),
+        outputs: children(Stream::Outputs, &[0, 6]),
     };
-    let err = batch::run_root(&input, STEPS).expect_err("Y != A X must fail");
-    eprintln!("{err}");
+    batch::run_root(&honest, STEPS).expect("the honest root runs");
+    let mut gap = honest.clone();
+    gap.inputs.remove(1);
+    assert!(batch::run_root(&gap, STEPS).is_err(), "a missing segment");
+    let mut swapped = honest.clone();
+    swapped.inputs.swap(0, 1);
+    assert!(
+        batch::run_root(&swapped, STEPS).is_err(),
+        "segments out of order"
+    );
+    let mut short = honest.clone();
+    short.inputs.pop();
+    assert!(
+        batch::run_root(&short, STEPS).is_err(),
+        "a stream that does not end"
+    );
+    let mut twice = honest.clone();
+    twice.outputs.push(twice.outputs[0].clone());
+    assert!(batch::run_root(&twice, STEPS).is_err(), "a segment twice");
 }
 
 #[test]
