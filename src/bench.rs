@@ -1,6 +1,7 @@
 //! Benchmarks: `bench kernel` proves random tiles and reports one JSON object per tile; `bench
-//! fleet` runs a multi-tile job through a coordinator and a worker on RabbitMQ and Redis and
-//! reports orchestration overhead and per-task memory; `bench plan` times planning and
+//! fleet` runs a multi-tile job (or, with `--batch`, a matmul job) through a coordinator and a
+//! worker on RabbitMQ and Redis and reports orchestration overhead, per-task memory and the
+//! client's verification; `bench plan` times planning and
 //! publishing a job of many tiles.
 
 use std::time::{Duration, Instant};
@@ -169,6 +170,12 @@ pub struct FleetArgs {
     /// Tile height.
     #[arg(long, default_value_t = DEFAULT_TILE_ROWS)]
     tile_rows: usize,
+    /// Run a matmul job of this many inputs (one per row of X) instead of a matvec job.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Blake2s compressions per segment task of a matmul job.
+    #[arg(long)]
+    segment_blocks: Option<usize>,
     #[arg(long, default_value = "production")]
     profile: String,
     #[arg(long, default_value_t = 1)]
@@ -185,7 +192,11 @@ pub struct FleetArgs {
 struct FleetReport {
     rows: usize,
     cols: usize,
+    /// Inputs: 1 for a matvec job.
+    batch: usize,
+    macs: u64,
     tile_rows: usize,
+    /// Map tiles, or segments of a matmul job.
     tiles: usize,
     profile: &'static str,
     /// From publishing the job to receiving its result, at the client.
@@ -204,28 +215,37 @@ struct FleetReport {
     max_task_peak_rss_bytes: u64,
     /// Largest later task peak over the first task's peak.
     memory_growth: f64,
+    certificate_bytes: usize,
+    /// Verifying the certificate against the inputs (and Y), as a client would.
+    verify_s: f64,
 }
 
-/// A random int8 matrix and vector, written as `.npy` files the fleet reads by path.
+/// A random int8 matrix and its input(s) — a vector, or a batch of `batch` inputs, one per row
+/// — written as `.npy` files the fleet reads by path.
 fn random_inputs(
     dir: &std::path::Path,
     rows: usize,
     cols: usize,
+    batch: Option<usize>,
     seed: u64,
-) -> Result<(String, String, Matrix, Vector)> {
+) -> Result<(String, String, Matrix, Matrix)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let a: Vec<i64> = (0..rows * cols)
-        .map(|_| rng.gen_range(-128..=127))
-        .collect();
-    let x: Vec<i64> = (0..cols).map(|_| rng.gen_range(-128..=127)).collect();
+    let mut random = |n: usize| -> Vec<i64> { (0..n).map(|_| rng.gen_range(-128..=127)).collect() };
+    let a = random(rows * cols);
+    let b = batch.unwrap_or(1);
+    let x = random(b * cols);
     let (a_path, x_path) = (dir.join("a.npy"), dir.join("x.npy"));
     std::fs::write(&a_path, npy::write_i8(&[rows, cols], &a))?;
-    std::fs::write(&x_path, npy::write_i8(&[cols], &x))?;
+    let x_shape = match batch {
+        Some(b) => vec![b, cols],
+        None => vec![cols],
+    };
+    std::fs::write(&x_path, npy::write_i8(&x_shape, &x))?;
     Ok((
         a_path.display().to_string(),
         x_path.display().to_string(),
         Matrix::new(rows, cols, Dtype::I8, a)?,
-        Vector::new(Dtype::I8, x)?,
+        Matrix::new(b, cols, Dtype::I8, x)?,
     ))
 }
 
@@ -256,12 +276,21 @@ pub async fn fleet(args: FleetArgs) -> Result<()> {
     let profile = parse_profile(&args.profile)?;
     let fleet = bench_prefix(&args.fleet, "fleet");
     let dir = tempfile::tempdir()?;
-    let (a_path, x_path, a, x) = random_inputs(dir.path(), args.rows, args.cols, args.seed)?;
+    let (a_path, x_path, a, x) =
+        random_inputs(dir.path(), args.rows, args.cols, args.batch, args.seed)?;
     let job_id = "bench-fleet";
-    let job = serde_json::json!({
+    let mut job = serde_json::json!({
         "schema_version": 1, "job_id": job_id, "kind": "matvec", "dtype": "i8",
         "a": {"path": a_path}, "x": {"path": x_path}, "tile_rows": args.tile_rows,
     });
+    if args.batch.is_some() {
+        job["kind"] = "matmul".into();
+        if let Some(blocks) = args.segment_blocks {
+            job["segment_blocks"] = blocks.into();
+        }
+    }
+    let store = RedisStore::connect(&fleet.redis_url).await?;
+    let keys = Keys::new(fleet.prefix.clone());
 
     let topology = Topology::new(fleet.prefix.clone());
     let client = AmqpBroker::connect(&fleet.amqp_url, topology.clone()).await?;
@@ -301,27 +330,32 @@ pub async fn fleet(args: FleetArgs) -> Result<()> {
             "the job failed: {:?}",
             result.error
         );
-        ensure!(
-            result.y.as_ref() == Some(&a.matvec(&x)?),
-            "the fleet's y differs from the native product"
-        );
-        Ok::<_, anyhow::Error>((wall_s, result))
+        let certificate = match &result.certificate_key {
+            Some(key) => store
+                .get(key)
+                .await?
+                .context("the certificate is missing")?,
+            None => anyhow::bail!("the result names no certificate"),
+        };
+        let verify_s = check_fleet_result(&result, &store, &certificate, &a, &x, profile).await?;
+        Ok::<_, anyhow::Error>((wall_s, result, certificate.len(), verify_s))
     }
     .await;
     shutdown.cancel();
     let _ = coordinator.await;
     let _ = worker.await;
-    let store = RedisStore::connect(&fleet.redis_url).await?;
-    let keys = Keys::new(fleet.prefix.clone());
     store
         .delete(&[
             keys.result(job_id),
             keys.progress(job_id),
             keys.certificate(job_id),
+            keys.y(job_id),
         ])
         .await?;
     client.delete_topology().await?;
-    let (wall_s, result) = outcome?;
+    let (wall_s, result, certificate_bytes, verify_s) = outcome?;
+    let batch = args.batch.unwrap_or(1);
+    let macs = (args.rows * args.cols * batch) as u64;
 
     let peaks: Vec<u64> = result
         .task_timings
@@ -333,6 +367,8 @@ pub async fn fleet(args: FleetArgs) -> Result<()> {
     let report = FleetReport {
         rows: args.rows,
         cols: args.cols,
+        batch,
+        macs,
         tile_rows: args.tile_rows,
         tiles: result.tiles,
         profile: profile.name(),
@@ -342,7 +378,7 @@ pub async fn fleet(args: FleetArgs) -> Result<()> {
         reduce_s: result.reduce_s,
         reduce_share: result.reduce_s / result.tile_s,
         overhead: wall_s / (result.tile_s + result.reduce_s),
-        macs_per_s: (args.rows * args.cols) as f64 / wall_s,
+        macs_per_s: macs as f64 / wall_s,
         first_task_peak_rss_bytes: first,
         max_task_peak_rss_bytes: max,
         memory_growth: if first > 0 {
@@ -350,11 +386,13 @@ pub async fn fleet(args: FleetArgs) -> Result<()> {
         } else {
             0.0
         },
+        certificate_bytes,
+        verify_s,
     };
     println!("{}", serde_json::to_string(&report)?);
     if !args.json {
         eprintln!(
-            "{} tiles + {} reduce nodes: wall {:.1}s vs {:.1}s of tile work + {:.1}s of reduce work (reduce adds {:.1}%) = {:.3}x; {:.0} MAC/s; task peaks {:.2}-{:.2} GB",
+            "{} tasks + {} reduce nodes: wall {:.1}s vs {:.1}s of task work + {:.1}s of reduce work (reduce adds {:.1}%) = {:.3}x; {:.0} MAC/s; task peaks {:.2}-{:.2} GB; verify {:.2} s",
             report.tiles,
             report.nodes,
             report.wall_s,
@@ -364,10 +402,58 @@ pub async fn fleet(args: FleetArgs) -> Result<()> {
             report.overhead,
             report.macs_per_s,
             first as f64 / 1e9,
-            max as f64 / 1e9
+            max as f64 / 1e9,
+            report.verify_s
         );
     }
     Ok(())
+}
+
+/// Checks a benchmark job's result against the native product and verifies its certificate as
+/// a client would (against X, and Y for a matmul job); returns the verification seconds.
+async fn check_fleet_result(
+    result: &JobResult,
+    store: &RedisStore,
+    certificate: &[u8],
+    a: &Matrix,
+    x: &Matrix,
+    profile: Profile,
+) -> Result<f64> {
+    use starkscale_cairo::batch::{multiply, Rows};
+    use starkscale_cairo::batch_certificate::{verify_batch, BatchExpect};
+    use starkscale_cairo::certificate::{verify_certificate, Expectations};
+    let allow_test = profile == Profile::Test;
+    // y inline: a matvec certificate (a matvec job, or a matmul job of one input).
+    if result.y.is_some() {
+        let x = Vector::new(Dtype::I8, x.row(0).to_vec())?;
+        ensure!(
+            result.y.as_ref() == Some(&a.matvec(&x)?),
+            "the fleet's y differs from the native product"
+        );
+        let expect = Expectations {
+            a_commitment: None,
+            x: Some(&x),
+            allow_test,
+        };
+        return Ok(verify_certificate(certificate, &expect)?.verify_s);
+    }
+    let y_key = result.y_key.as_ref().context("the result names no Y")?;
+    let bytes = store.get(y_key).await?.context("Y is missing")?;
+    let (_, values) = npy::parse_i32(&bytes)?;
+    let x = Rows::int8(x.cols(), x.data());
+    let native = multiply(&Rows::int8(a.cols(), a.data()), &x);
+    let y = Rows::I32 {
+        width: a.rows(),
+        data: values.iter().map(|&v| v as i32).collect(),
+    };
+    ensure!(y == native, "the fleet's Y differs from the native product");
+    let expect = BatchExpect {
+        a_commitment: None,
+        x: Some(&x),
+        y: Some(&y),
+        allow_test,
+    };
+    Ok(verify_batch(certificate, &expect)?.verify_s)
 }
 
 #[derive(Args, Debug)]
@@ -385,7 +471,7 @@ pub struct PlanArgs {
 pub async fn plan(args: PlanArgs) -> Result<()> {
     let fleet = bench_prefix(&args.fleet, "plan");
     let dir = tempfile::tempdir()?;
-    let (a_path, x_path, _, _) = random_inputs(dir.path(), 2 * args.tiles, TILE_COLS, 1)?;
+    let (a_path, x_path, _, _) = random_inputs(dir.path(), 2 * args.tiles, TILE_COLS, None, 1)?;
     let job_id = "bench-plan";
     let job = serde_json::json!({
         "schema_version": 1, "job_id": job_id, "kind": "matvec", "dtype": "i8",

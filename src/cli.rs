@@ -133,8 +133,8 @@ struct VerifyArgs {
     /// batch, one input per row (B × K).
     #[arg(long)]
     x: Option<PathBuf>,
-    /// Batch certificates: the outputs, one per row (B × M int32, .npy or JSON), that must be
-    /// the ones proven.
+    /// The outputs, one per row (B × M int32, .npy or JSON), that must be the ones proven (a
+    /// matrix-vector certificate proves one row).
     #[arg(long)]
     y: Option<PathBuf>,
     #[arg(long, default_value = "i8")]
@@ -360,7 +360,7 @@ fn commit(args: CommitArgs) -> Result<()> {
     let a = Matrix::load(&args.a, dtype)
         .with_context(|| format!("loading A from {}", args.a.display()))?;
     if args.batch {
-        let rows = rows_i8(&a);
+        let rows = Rows::int8(a.cols(), a.data());
         let shape = BatchShape {
             m: a.rows(),
             k: a.cols(),
@@ -395,17 +395,10 @@ fn verify(args: VerifyArgs) -> Result<()> {
     if BatchCertificate::is_batch(&bytes) {
         return verify_batch_cmd(&args, &bytes, commitment);
     }
-    anyhow::ensure!(
-        args.y.is_none(),
-        "--y applies to batch certificates; this is a matrix-vector certificate"
-    );
     let x = args
         .x
         .as_deref()
-        .map(|p| {
-            Vector::load(p, Dtype::parse(&args.dtype)?)
-                .with_context(|| format!("loading x from {}", p.display()))
-        })
+        .map(|p| load_x_vector(p, Dtype::parse(&args.dtype)?))
         .transpose()?;
     let expect = Expectations {
         a_commitment: commitment,
@@ -413,6 +406,17 @@ fn verify(args: VerifyArgs) -> Result<()> {
         allow_test: args.allow_test_profile,
     };
     let verified = verify_certificate(&bytes, &expect)?;
+    // A matmul job of one input is proven as a matvec: its Y is that one y, as a row.
+    if let Some(path) = &args.y {
+        let y = load_y(path)?;
+        let proven: Vec<i64> = verified.y.clone();
+        let given: Vec<i64> = (0..y.width()).map(|c| y.get(0, c)).collect();
+        anyhow::ensure!(
+            y.height() == 1 && given == proven,
+            "{} is not the proven y (a matrix-vector certificate proves one output row)",
+            path.display()
+        );
+    }
     if args.json {
         let json = serde_json::json!({
             "profile": verified.profile.name(),
@@ -460,10 +464,16 @@ fn verify(args: VerifyArgs) -> Result<()> {
     Ok(())
 }
 
-fn rows_i8(m: &Matrix) -> Rows {
-    Rows::I8 {
-        width: m.cols(),
-        data: m.data().iter().map(|&v| v as i8).collect(),
+/// x of a matrix-vector certificate: a vector, or a batch of one input (1 × K), as the input
+/// of a matmul job of one input is given.
+fn load_x_vector(path: &Path, dtype: Dtype) -> Result<Vector> {
+    let loading = || format!("loading x from {}", path.display());
+    match Vector::load(path, dtype) {
+        Ok(x) => Ok(x),
+        Err(vector_error) => match Matrix::load(path, dtype) {
+            Ok(m) if m.rows() == 1 => Ok(Vector::new(dtype, m.row(0).to_vec())?),
+            _ => Err(vector_error).with_context(loading),
+        },
     }
 }
 
@@ -505,7 +515,7 @@ fn verify_batch_cmd(args: &VerifyArgs, bytes: &[u8], commitment: Option<Digest>)
         .as_deref()
         .map(|p| {
             Matrix::load(p, Dtype::I8)
-                .map(|m| rows_i8(&m))
+                .map(|m| Rows::int8(m.cols(), m.data()))
                 .with_context(|| format!("loading X from {}", p.display()))
         })
         .transpose()?;

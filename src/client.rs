@@ -26,6 +26,9 @@ pub struct RunArgs {
     /// Where to write the certificate (default: ./<job-id>.cert).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Where to write a matmul job's Y, B × M int32 `.npy` (default: ./<job-id>.y.npy).
+    #[arg(long)]
+    pub y_out: Option<PathBuf>,
     /// Security profile: production (96 bits) or test (28 bits; for trying things out).
     #[arg(long, env = "STARKSCALE_PROFILE", default_value = "production")]
     pub profile: String,
@@ -48,6 +51,12 @@ pub struct SubmitArgs {
     /// How long uploaded inputs live, in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     pub upload_ttl_s: u64,
+    /// With --wait: write the certificate to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// With --wait: write a matmul job's Y (B × M int32 `.npy`) to this file.
+    #[arg(long)]
+    pub y_out: Option<PathBuf>,
     #[command(flatten)]
     pub fleet: FleetConfig,
 }
@@ -67,6 +76,9 @@ pub struct ResultArgs {
     /// Also write the job's certificate to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also write a matmul job's Y (B × M int32 `.npy`) to this file.
+    #[arg(long)]
+    pub y_out: Option<PathBuf>,
     #[command(flatten)]
     pub fleet: FleetConfig,
 }
@@ -143,18 +155,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     shutdown.cancel();
     let result = waited?;
-    if let Some(key) = &result.certificate_key {
-        let out = args
-            .out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("{job_id}.cert")));
-        let certificate = store
-            .get(key)
-            .await?
-            .context("the certificate is missing")?;
-        std::fs::write(&out, certificate).with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("certificate written to {}", out.display());
-    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{job_id}.cert")));
+    let y_out = args
+        .y_out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{job_id}.y.npy")));
+    save_outputs(&store, &result, Some(&out), Some(&y_out)).await?;
     print_result(&result)
 }
 
@@ -298,6 +307,7 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
     let timeout = Duration::from_secs(args.timeout_s);
     let result = wait_for_result(results, &store, &keys, &job_id, Some(timeout)).await?;
     broker.close().await;
+    save_outputs(&store, &result, args.out.as_deref(), args.y_out.as_deref()).await?;
     print_result(&result)
 }
 
@@ -422,15 +432,33 @@ pub async fn result(args: ResultArgs) -> Result<()> {
         );
     };
     let result: JobResult = serde_json::from_slice(&bytes).context("decoding the stored result")?;
-    if let (Some(out), Some(key)) = (&args.out, &result.certificate_key) {
-        let certificate = store
+    save_outputs(&store, &result, args.out.as_deref(), args.y_out.as_deref()).await?;
+    print_result(&result)
+}
+
+/// Writes what a result references to files: its certificate to `certificate`, a matmul job's
+/// Y to `y`. A path is ignored when the result has no such value.
+async fn save_outputs<S: Store>(
+    store: &S,
+    result: &JobResult,
+    certificate: Option<&Path>,
+    y: Option<&Path>,
+) -> Result<()> {
+    for (path, key, what) in [
+        (certificate, &result.certificate_key, "certificate"),
+        (y, &result.y_key, "Y"),
+    ] {
+        let (Some(path), Some(key)) = (path, key) else {
+            continue;
+        };
+        let bytes = store
             .get(key)
             .await?
-            .context("the certificate has expired")?;
-        std::fs::write(out, certificate).with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("certificate written to {}", out.display());
+            .with_context(|| format!("the {what} at {key} has expired"))?;
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("{what} written to {}", path.display());
     }
-    print_result(&result)
+    Ok(())
 }
 
 /// Prints the result as one JSON line; an error exit unless the job succeeded.

@@ -7,6 +7,11 @@
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
+use starkscale_cairo::batch::{self, Rows};
+use starkscale_cairo::batch_certificate::{
+    verify_batch, BatchCertificate, BatchError, BatchExpect,
+};
+use starkscale_cairo::certificate::{verify_certificate, Expectations};
 use starkscale_cairo::{run_map, Profile, Prover, TileInput};
 use starkscale_common::broker::{AmqpBroker, Broker, Consumer, Delivery, Headers, Topology};
 use starkscale_common::config::{unique_prefix, FleetConfig, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
@@ -101,6 +106,7 @@ impl Fleet {
                 self.keys.progress(job),
                 self.keys.result(job),
                 self.keys.certificate(job),
+                self.keys.y(job),
             ]);
         }
         self.store.delete(&keys).await.unwrap();
@@ -259,7 +265,46 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
             "invalid job JSON",
         ),
     ];
-    assert!(hostile.len() >= 20);
+    // Matmul jobs: X is a batch of inputs, one per row.
+    let matmul = |id: &str, x: &str| job(id, "[5,-6]", x).replace("matvec", "matmul");
+    let hostile_batches: Vec<(String, &str)> = vec![
+        (matmul("h-mm-vector", "[5,-6]"), "one input per row"),
+        (job("h-mv-batch", "[5,-6]", "[[5,-6]]"), "matmul job"),
+        (
+            matmul("h-mm-width", "[[5,-6,7],[1,2,3]]"),
+            "X holds inputs of 3",
+        ),
+        (matmul("h-mm-ragged", "[[5,-6],[7]]"), "row 1 has 1 entries"),
+        (
+            matmul("h-mm-range", "[[5,-6],[7,200]]"),
+            "out of range for i8",
+        ),
+        (matmul("h-mm-empty", "[[]]"), "invalid x"),
+        (
+            matmul("h-mm-blocks", "[[5,-6],[7,8]]")
+                .replace("\"kind\"", "\"segment_blocks\":8,\"kind\""),
+            "segment_blocks 8",
+        ),
+        (
+            job(
+                "h-mv-blocks",
+                "\"kind\"",
+                "\"segment_blocks\":1024,\"kind\"",
+            ),
+            "a matmul job's option",
+        ),
+        (
+            job(
+                "h-mm-no-key",
+                "{\"inline\":[5,-6]}",
+                "{\"redis_key\":\"no-such-batch\"}",
+            )
+            .replace("matvec", "matmul"),
+            "no input at Redis key",
+        ),
+    ];
+    let hostile: Vec<(String, &str)> = hostile.into_iter().chain(hostile_batches).collect();
+    assert!(hostile.len() >= 30);
     for (body, _) in &hostile {
         fleet.publish(&fleet.topology.jobs(), body.as_bytes()).await;
     }
@@ -553,4 +598,136 @@ async fn cancel_stops_a_running_job_and_frees_its_keys() {
         "the cancelled result stays readable"
     );
     fleet.clean_up(&["cancel"]).await;
+}
+
+/// A random matmul job (A: `rows` × `cols`, X: `batch` inputs of `cols`) and its native Y, one
+/// output row per input.
+fn random_batch_job(
+    id: &str,
+    (rows, cols, batch): (usize, usize, usize),
+    seed: u64,
+) -> (serde_json::Value, Vec<Vec<i64>>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut draw = |n: usize, m: usize| -> Vec<Vec<i64>> {
+        (0..n)
+            .map(|_| (0..m).map(|_| rng.gen_range(-128..=127)).collect())
+            .collect()
+    };
+    let (a, x) = (draw(rows, cols), draw(batch, cols));
+    let a_matrix = Matrix::from_rows(&a, Dtype::I8).unwrap();
+    let y = x
+        .iter()
+        .map(|x| {
+            a_matrix
+                .matvec(&Vector::new(Dtype::I8, x.clone()).unwrap())
+                .unwrap()
+        })
+        .collect();
+    let job = serde_json::json!({
+        "schema_version": 1, "job_id": id, "kind": "matmul", "dtype": "i8",
+        "a": {"inline": a}, "x": {"inline": x}, "segment_blocks": 256,
+    });
+    (job, y)
+}
+
+fn rows_of(values: &serde_json::Value) -> Rows {
+    let rows: Vec<Vec<i64>> = serde_json::from_value(values.clone()).unwrap();
+    Rows::int8(rows[0].len(), &rows.concat())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matmul_jobs_are_proven_in_segments_and_certified_against_x_and_y() {
+    let mut fleet = Fleet::new("matmul").await;
+    let mut results = fleet.client.subscribe_results("#").await.unwrap();
+    fleet.coordinator();
+    fleet.worker("w1");
+    // 70 columns: two int8 chunk columns per input; 70 weights rows: two weights segments at
+    // this segment size, whose chains the root links.
+    let (batch, native) = random_batch_job("mm", (6, 70, 4), 7);
+    let (one, native_one) = random_batch_job("mm-one", (5, 30, 1), 8);
+    for job in [&batch, &one] {
+        fleet
+            .publish(&fleet.topology.jobs(), job.to_string().as_bytes())
+            .await;
+    }
+    let mut ended = std::collections::HashMap::new();
+    while ended.len() < 2 {
+        let result = next_result(&mut results).await;
+        ended.insert(result.job_id.clone(), result);
+    }
+
+    // The batch: four segments and the batch root, Y by key, a certificate that verifies
+    // against A's commitment, X and Y — and not against a changed Y.
+    let result = &ended["mm"];
+    assert_eq!(result.status, JobStatus::Succeeded, "{:?}", result.error);
+    assert_eq!((result.tiles, result.nodes), (4, 1));
+    let kinds: Vec<TaskKind> = result.task_timings.iter().map(|t| t.kind).collect();
+    assert_eq!(kinds.iter().filter(|&&k| k == TaskKind::Segment).count(), 4);
+    assert_eq!(kinds.last(), Some(&TaskKind::BatchRoot));
+    assert!(result.y.is_none());
+    let y_key = result.y_key.clone().expect("a matmul result names Y's key");
+    let y_bytes = fleet.store.get(&y_key).await.unwrap().expect("Y stored");
+    let (shape, values) = starkscale_common::tensor::npy::parse_i32(&y_bytes).unwrap();
+    assert_eq!(shape, vec![4, 6]);
+    assert_eq!(values, native.concat());
+    let cert_key = result.certificate_key.clone().unwrap();
+    let cert = fleet.store.get(&cert_key).await.unwrap().unwrap();
+    let a = rows_of(&batch["a"]["inline"]);
+    let x = rows_of(&batch["x"]["inline"]);
+    let y = Rows::I32 {
+        width: 6,
+        data: values.iter().map(|&v| v as i32).collect(),
+    };
+    let shape = starkscale_cairo::batch::Shape { m: 6, k: 70, b: 4 };
+    let a_commitment = batch::commit(batch::Stream::Weights, &shape, &a);
+    let expect = BatchExpect {
+        a_commitment: Some(&a_commitment),
+        x: Some(&x),
+        y: Some(&y),
+        allow_test: true,
+    };
+    let verified = verify_batch(&cert, &expect).unwrap();
+    assert_eq!((verified.shape, verified.segments), (shape, 4));
+    let mut changed = y.clone();
+    if let Rows::I32 { data, .. } = &mut changed {
+        data[5] += 1;
+    }
+    let wrong = BatchExpect {
+        y: Some(&changed),
+        ..expect
+    };
+    assert!(matches!(
+        verify_batch(&cert, &wrong),
+        Err(BatchError::Commitment { what: "Y", .. })
+    ));
+
+    // A batch of one is proven as a matvec (one tile and its root); its Y is that y, as a row.
+    let result = &ended["mm-one"];
+    assert_eq!(result.status, JobStatus::Succeeded, "{:?}", result.error);
+    assert_eq!((result.tiles, result.nodes), (1, 1));
+    assert_eq!(result.y.as_ref(), Some(&native_one[0]));
+    let y_bytes = fleet
+        .store
+        .get(result.y_key.as_ref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let (shape, values) = starkscale_common::tensor::npy::parse_i32(&y_bytes).unwrap();
+    assert_eq!((shape, values), (vec![1, 5], native_one[0].clone()));
+    let cert = fleet
+        .store
+        .get(result.certificate_key.as_ref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!BatchCertificate::is_batch(&cert));
+    let x_one: Vec<Vec<i64>> = serde_json::from_value(one["x"]["inline"].clone()).unwrap();
+    let x_one = Vector::new(Dtype::I8, x_one[0].clone()).unwrap();
+    let expect = Expectations {
+        a_commitment: None,
+        x: Some(&x_one),
+        allow_test: true,
+    };
+    assert_eq!(verify_certificate(&cert, &expect).unwrap().y, native_one[0]);
+    fleet.clean_up(&["mm", "mm-one"]).await;
 }

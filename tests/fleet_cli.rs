@@ -241,3 +241,119 @@ fn two_workers_split_a_job_and_a_sigkilled_worker_loses_nothing() {
     assert!(coordinator.terminate(Duration::from_secs(30)).success());
     clean_up(&prefix, &["kill"]);
 }
+
+/// A matmul job given by `.npy` paths travels by upload (`submit --upload`); its Y and
+/// certificate come back through `submit --wait --y-out --out`, verify against the batch
+/// commitment of A, X and Y, and the embedded `run` proves the same Y.
+#[test]
+fn a_matmul_job_uploaded_from_npy_files_verifies_and_runs_embedded() {
+    use starkscale_common::tensor::npy;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("test-cli-mm-{}-{nanos}", std::process::id());
+    let coordinator = Service::start(&["coordinator", "--allow-test-profile"], &prefix);
+    let worker = Service::start(&["worker", "--profile", "test"], &prefix);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/job-matmul-inline.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let native = support::native_batch_y(&spec);
+    for (name, values) in [
+        ("a.npy", &spec["a"]["inline"]),
+        ("x.npy", &spec["x"]["inline"]),
+    ] {
+        let rows: Vec<Vec<i64>> = serde_json::from_value(values.clone()).unwrap();
+        let bytes = npy::write_i8(&[rows.len(), rows[0].len()], &rows.concat());
+        std::fs::write(path(name), bytes).unwrap();
+    }
+    let job = serde_json::json!({
+        "schema_version": 1, "job_id": "mm-upload", "kind": "matmul", "dtype": "i8",
+        "a": {"path": path("a.npy")}, "x": {"path": path("x.npy")}, "segment_blocks": 256,
+    });
+    std::fs::write(path("job.json"), job.to_string()).unwrap();
+    let out = starkscale(
+        &[
+            "submit",
+            &path("job.json"),
+            "--upload",
+            "--upload-ttl-s",
+            "600",
+            "--wait",
+            "--timeout-s",
+            "300",
+            "--out",
+            &path("fleet.cert"),
+            "--y-out",
+            &path("fleet-y.npy"),
+        ],
+        &prefix,
+    );
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("uploaded"), "{log}");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["status"], "succeeded");
+    let (shape, values) = npy::parse_i32(&std::fs::read(path("fleet-y.npy")).unwrap()).unwrap();
+    assert_eq!((shape, values), (vec![4, 6], native.concat()));
+
+    let out = starkscale(&["commit", "--batch", &path("a.npy")], &prefix);
+    assert!(out.status.success());
+    let commitment = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let verify = |cert: &str, y: &str| {
+        starkscale(
+            &[
+                "verify",
+                cert,
+                "--commitment",
+                &commitment,
+                "--x",
+                &path("x.npy"),
+                "--y",
+                y,
+                "--allow-test-profile",
+            ],
+            &prefix,
+        )
+    };
+    let out = verify(&path("fleet.cert"), &path("fleet-y.npy"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The embedded mode: the same job file, Y and certificate in its working directory.
+    let out = Command::new(env!("CARGO_BIN_EXE_starkscale"))
+        .args(["run", &path("job.json"), "--profile", "test"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(path("mm-upload.y.npy")).unwrap(),
+        std::fs::read(path("fleet-y.npy")).unwrap()
+    );
+    let out = verify(&path("mm-upload.cert"), &path("mm-upload.y.npy"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    assert!(coordinator.terminate(Duration::from_secs(30)).success());
+    clean_up(&prefix, &["mm-upload"]);
+}

@@ -151,6 +151,14 @@ pub enum Rows {
 }
 
 impl Rows {
+    /// int8 rows from values already range-checked as int8 (a loaded matrix's entries).
+    pub fn int8(width: usize, values: &[i64]) -> Rows {
+        Rows::I8 {
+            width,
+            data: values.iter().map(|&v| v as i8).collect(),
+        }
+    }
+
     pub fn width(&self) -> usize {
         match self {
             Rows::I8 { width, .. } | Rows::I32 { width, .. } => *width,
@@ -948,6 +956,8 @@ pub struct Planner<'a> {
     pub at: Rows,
     pub x: &'a Rows,
     pub y: &'a Rows,
+    /// The commitments of A, X and Y.
+    pub commitments: [Digest; 3],
     pub seed: Digest,
     pub sigma: Felt252,
     pub rho: Felt252,
@@ -975,6 +985,7 @@ impl<'a> Planner<'a> {
             at,
             x,
             y,
+            commitments: [com_a, com_x, com_y],
             seed,
             sigma,
             rho,

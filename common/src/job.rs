@@ -81,6 +81,9 @@ impl JobError {
 pub enum JobKind {
     /// y = A · x.
     Matvec,
+    /// Y = A · X for a batch X of B inputs, one per row (`docs/batch.md`); Y has one output per
+    /// row (B × M, int32). A batch of one is proven as a matvec.
+    Matmul,
 }
 
 /// A matrix, inline or by reference.
@@ -95,14 +98,37 @@ pub enum MatrixInput {
     Path(String),
 }
 
-/// A vector, inline or by reference.
+/// x: a vector for a matvec job, a batch (B × K, one input per row) for a matmul job; inline or
+/// by reference (a 1-D or 2-D `.npy`, or JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum VectorInput {
-    Inline(Vec<i64>),
+    Inline(InlineX),
     RedisKey(String),
     Path(String),
 }
+
+/// Inline x: entries, or rows of entries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum InlineX {
+    Vector(Vec<i64>),
+    Batch(Vec<Vec<i64>>),
+}
+
+/// x as loaded: a vector (matvec) or a batch of inputs, one per row (matmul).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operand {
+    Vector(Vector),
+    Batch(Matrix),
+}
+
+/// The largest M or B of a matmul job (the batch kernel's bound).
+pub const MAX_BATCH_DIM: usize = 1 << 24;
+/// The longest input of a matmul job: every output K·128² must be an exact int32.
+pub const MAX_BATCH_K: usize = 1 << 17;
+/// Bounds of a matmul job's `segment_blocks`.
+pub const SEGMENT_BLOCKS: std::ops::RangeInclusive<usize> = 64..=65_536;
 
 /// A matvec job as submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -123,6 +149,10 @@ pub struct JobSpec {
     /// Tile height (default 254; at most 1022). Tiles are always 1024 columns wide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tile_rows: Option<usize>,
+    /// matmul: Blake2s compressions per segment task (default 8192; int8 streams get a quarter),
+    /// which sets each task's proving time and memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_blocks: Option<usize>,
 }
 
 impl JobSpec {
@@ -157,6 +187,15 @@ impl JobSpec {
                 )));
             }
         }
+        if let Some(blocks) = self.segment_blocks {
+            if !SEGMENT_BLOCKS.contains(&blocks) || self.kind != JobKind::Matmul {
+                return Err(JobError::Limit(format!(
+                    "segment_blocks {blocks}: a matmul job's option, within {}..={}",
+                    SEGMENT_BLOCKS.start(),
+                    SEGMENT_BLOCKS.end()
+                )));
+            }
+        }
         for (what, reference) in [("a", self.a.reference()), ("x", self.x.reference())] {
             if let Some(r) = reference {
                 if r.is_empty() || r.len() > 1024 {
@@ -177,13 +216,18 @@ impl JobSpec {
         self.tile_rows.unwrap_or(DEFAULT_TILE_ROWS)
     }
 
-    /// A and x, inline or read from their paths, range-checked against the dtype. Inputs by
-    /// Redis key must have been fetched by the caller (see [`JobSpec::redis_keys`]) and are
-    /// passed as `fetched` (A's bytes, x's bytes).
+    pub fn segment_blocks(&self) -> Option<usize> {
+        self.segment_blocks
+    }
+
+    /// A and x, inline or read from their paths, range-checked against the dtype; x is a vector
+    /// for a matvec job and a batch for a matmul job. Inputs by Redis key must have been fetched
+    /// by the caller (see [`JobSpec::redis_keys`]) and are passed as `fetched` (A's bytes, x's
+    /// bytes).
     pub fn load_inputs(
         &self,
         fetched: (Option<&[u8]>, Option<&[u8]>),
-    ) -> Result<(Matrix, Vector), JobError> {
+    ) -> Result<(Matrix, Operand), JobError> {
         let a = match &self.a {
             MatrixInput::Inline(rows) => Matrix::from_rows(rows, self.dtype),
             MatrixInput::Path(p) => Matrix::load(Path::new(p), self.dtype),
@@ -193,15 +237,41 @@ impl JobSpec {
             },
         }
         .map_err(|source| JobError::Input { what: "a", source })?;
-        let x = match &self.x {
-            VectorInput::Inline(values) => Vector::new(self.dtype, values.clone()),
-            VectorInput::Path(p) => Vector::load(Path::new(p), self.dtype),
-            VectorInput::RedisKey(_) => match fetched.1 {
-                Some(bytes) => Vector::from_bytes(bytes, self.dtype),
-                None => return Err(JobError::NotFetched { what: "x" }),
+        let input = |source| JobError::Input { what: "x", source };
+        let x = match (self.kind, &self.x) {
+            (JobKind::Matvec, VectorInput::Inline(InlineX::Vector(values))) => {
+                Vector::new(self.dtype, values.clone()).map(Operand::Vector)
+            }
+            (JobKind::Matmul, VectorInput::Inline(InlineX::Batch(rows))) => {
+                Matrix::from_rows(rows, self.dtype).map(Operand::Batch)
+            }
+            (JobKind::Matvec, VectorInput::Inline(InlineX::Batch(_))) => {
+                return Err(JobError::Shape(
+                    "a matvec job's x is one vector; a batch of inputs is a matmul job".into(),
+                ))
+            }
+            (JobKind::Matmul, VectorInput::Inline(InlineX::Vector(_))) => {
+                return Err(JobError::Shape(
+                    "a matmul job's x is a batch: one input per row (B × K)".into(),
+                ))
+            }
+            (JobKind::Matvec, VectorInput::Path(p)) => {
+                Vector::load(Path::new(p), self.dtype).map(Operand::Vector)
+            }
+            (JobKind::Matmul, VectorInput::Path(p)) => {
+                Matrix::load(Path::new(p), self.dtype).map(Operand::Batch)
+            }
+            (kind, VectorInput::RedisKey(_)) => match (kind, fetched.1) {
+                (JobKind::Matvec, Some(bytes)) => {
+                    Vector::from_bytes(bytes, self.dtype).map(Operand::Vector)
+                }
+                (JobKind::Matmul, Some(bytes)) => {
+                    Matrix::from_bytes(bytes, self.dtype).map(Operand::Batch)
+                }
+                (_, None) => return Err(JobError::NotFetched { what: "x" }),
             },
         }
-        .map_err(|source| JobError::Input { what: "x", source })?;
+        .map_err(input)?;
         Ok((a, x))
     }
 
@@ -275,10 +345,14 @@ pub fn is_valid_job_id(id: &str) -> bool {
 /// Shape and size checks shared by inline and loaded inputs.
 pub fn check_shapes(
     a: &Matrix,
-    x: &Vector,
+    x: &Operand,
     tile_rows: usize,
     limits: &JobLimits,
 ) -> Result<(), JobError> {
+    let x = match x {
+        Operand::Vector(x) => x,
+        Operand::Batch(x) => return check_batch_shapes(a, x, limits),
+    };
     if a.cols() != x.len() {
         return Err(JobError::Shape(format!(
             "A is {}x{} but x has {} entries",
@@ -304,6 +378,41 @@ pub fn check_shapes(
     Ok(())
 }
 
+/// A matmul job's shape and sizes: X holds inputs of A's width, and A, X and Y fit the limits.
+/// (Its task count is checked once its segments are planned.)
+fn check_batch_shapes(a: &Matrix, x: &Matrix, limits: &JobLimits) -> Result<(), JobError> {
+    if a.cols() != x.cols() {
+        return Err(JobError::Shape(format!(
+            "A is {}x{} but X holds inputs of {} entries (X is {}x{}, one input per row)",
+            a.rows(),
+            a.cols(),
+            x.cols(),
+            x.rows(),
+            x.cols()
+        )));
+    }
+    let (m, k, b) = (a.rows(), a.cols(), x.rows());
+    if m > MAX_BATCH_DIM || b > MAX_BATCH_DIM || k > MAX_BATCH_K {
+        return Err(JobError::Limit(format!(
+            "a {m}x{k} A over {b} inputs: M and B must be at most {MAX_BATCH_DIM} and K (so \
+             that outputs fit int32) at most {MAX_BATCH_K}"
+        )));
+    }
+    for (what, entries) in [
+        ("A", m.saturating_mul(k)),
+        ("X", b.saturating_mul(k)),
+        ("Y", b.saturating_mul(m)),
+    ] {
+        if entries > limits.max_entries {
+            return Err(JobError::Limit(format!(
+                "{what} has {entries} entries, over the {} limit",
+                limits.max_entries
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The JSON Schema of [`JobSpec`], as committed in `schemas/job.schema.json`.
 pub fn job_schema() -> String {
     let schema = schemars::schema_for!(JobSpec);
@@ -324,10 +433,33 @@ mod tests {
 
     const OK: &str = r#"{"schema_version":1,"kind":"matvec","dtype":"i8","a":{"inline":[[1,2],[3,4]]},"x":{"inline":[5,-6]}}"#;
 
+    const MATMUL: &str = r#"{"schema_version":1,"kind":"matmul","dtype":"i8","a":{"inline":[[1,2],[3,4]]},"x":{"inline":[[5,-6],[7,8]]}}"#;
+
+    #[test]
+    fn a_valid_batch_job_parses() {
+        let job = parse(MATMUL).unwrap();
+        let (a, x) = job.load_inputs((None, None)).unwrap();
+        let Operand::Batch(x) = x else {
+            panic!("a matmul job's x is a batch")
+        };
+        assert_eq!((a.rows(), x.rows(), x.cols()), (2, 2, 2));
+        assert_eq!(x.row(1), &[7, 8]);
+        let limits = JobLimits {
+            max_entries: 3,
+            ..JobLimits::default()
+        };
+        assert!(
+            matches!(JobSpec::parse(MATMUL.as_bytes(), &limits), Err(JobError::Limit(m)) if m.contains("entries"))
+        );
+    }
+
     #[test]
     fn a_valid_job_parses() {
         let job = parse(OK).unwrap();
         let (a, x) = job.load_inputs((None, None)).unwrap();
+        let Operand::Vector(x) = x else {
+            panic!("a matvec job's x is a vector")
+        };
         assert_eq!(a.matvec(&x).unwrap(), vec![-7, -9]);
         assert_eq!(job.tile_rows(), DEFAULT_TILE_ROWS);
     }
@@ -363,9 +495,38 @@ mod tests {
             (&OK.replace("\"i8\"", "\"f32\""), |e| {
                 matches!(e, JobError::Json(_))
             }),
-            (&OK.replace("matvec", "matmul"), |e| {
+            (
+                &OK.replace("matvec", "matmul"),
+                |e| matches!(e, JobError::Shape(m) if m.contains("one input per row")),
+            ),
+            (&OK.replace("matvec", "product"), |e| {
                 matches!(e, JobError::Json(_))
             }),
+            (
+                &OK.replace("[5,-6]", "[[5,-6]]"),
+                |e| matches!(e, JobError::Shape(m) if m.contains("matmul job")),
+            ),
+            (
+                &OK.replace("\"kind\"", "\"segment_blocks\":1024,\"kind\""),
+                |e| matches!(e, JobError::Limit(m) if m.contains("segment_blocks")),
+            ),
+            (&MATMUL.replace("[5,-6],[7,8]", "[5,-6],[7]"), |e| {
+                matches!(e, JobError::Input { what: "x", .. })
+            }),
+            (
+                &MATMUL.replace("[5,-6],[7,8]", "[5,-6,1],[7,8,1]"),
+                |e| matches!(e, JobError::Shape(m) if m.contains("one input per row")),
+            ),
+            (&MATMUL.replace("[7,8]", "[7,128]"), |e| {
+                matches!(e, JobError::Input { what: "x", .. })
+            }),
+            (&MATMUL.replace("[[5,-6],[7,8]]", "[]"), |e| {
+                matches!(e, JobError::Shape(_))
+            }),
+            (
+                &MATMUL.replace("\"kind\"", "\"segment_blocks\":8,\"kind\""),
+                |e| matches!(e, JobError::Limit(m) if m.contains("segment_blocks")),
+            ),
             (
                 &OK.replace("{\"inline\":[5,-6]}", "{\"inline\":[5,-6],\"path\":\"x\"}"),
                 |e| matches!(e, JobError::Json(_)),

@@ -28,13 +28,26 @@ pub enum TaskKind {
     Map,
     /// Run and prove a reduce program on a node's children (a reduce input).
     Reduce,
+    /// Run and prove the batch kernel on rows of one stream of a matmul job (a segment input).
+    Segment,
+    /// Run and prove the batch root over every segment of a matmul job (a batch root input).
+    BatchRoot,
 }
 
 impl TaskKind {
+    pub const ALL: [TaskKind; 4] = [
+        TaskKind::Map,
+        TaskKind::Reduce,
+        TaskKind::Segment,
+        TaskKind::BatchRoot,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             TaskKind::Map => "map",
             TaskKind::Reduce => "reduce",
+            TaskKind::Segment => "segment",
+            TaskKind::BatchRoot => "batch_root",
         }
     }
 }
@@ -80,14 +93,19 @@ pub struct JobResult {
     /// Why the job failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// y of a matvec job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub y: Option<Vec<i64>>,
+    /// Y of a matmul job: the Redis key of a B × M int32 `.npy` (one output per row), living as
+    /// long as the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y_key: Option<String>,
     /// Redis key of the job certificate (`docs/certificate.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_key: Option<String>,
-    /// Map tiles of the job.
+    /// Map tiles of the job (segments, for a matmul job).
     pub tiles: usize,
-    /// Reduce nodes of the job, the root included.
+    /// Reduce nodes of the job, the root included (1, the batch root, for a matmul job).
     #[serde(default)]
     pub nodes: usize,
     /// Seconds from accepting the job to its result.
@@ -115,6 +133,7 @@ impl JobResult {
             status: JobStatus::Failed,
             error: Some(error),
             y: None,
+            y_key: None,
             certificate_key: None,
             tiles: 0,
             nodes: 0,
@@ -236,17 +255,64 @@ impl Ending {
 #[serde(deny_unknown_fields)]
 pub struct JobRecord {
     pub job_id: String,
+    pub reply_to: Option<String>,
+    pub started_unix_ms: u64,
+    pub layout: Layout,
+}
+
+/// How a job was cut into tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Layout {
+    /// Map tiles and a reduce tree: a matvec job, or a matmul job of one input.
+    Tiles(TileLayout),
+    /// Segments of the three streams and a batch root: a matmul job.
+    Batch(BatchLayout),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TileLayout {
     pub rows: usize,
     pub cols: usize,
     pub tile_rows: usize,
-    pub reply_to: Option<String>,
-    pub started_unix_ms: u64,
     /// Blake2s digest (hex) of each tile's A entries, by tile index: what its proof must state.
     pub a_digests: Vec<String>,
     /// Blake2s digest (hex) of each column block of x.
     pub x_digests: Vec<String>,
     /// Children per reduce node (the tree is recomputed from it).
     pub fan_in: usize,
+    /// A matmul job of one input, proven as a matvec: its y is also stored as a 1 × M Y.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub matmul: bool,
+}
+
+/// A matmul job's plan (`docs/batch.md`): its segments in the root's order, and what every
+/// proof must state. Y itself is stored at [`Keys::y`] when the job is planned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchLayout {
+    /// Outputs per input (rows of A), entries per input (columns of A), inputs.
+    pub m: usize,
+    pub k: usize,
+    pub b: usize,
+    /// The commitments (hex) the root must state.
+    pub a_commitment: String,
+    pub x_commitment: String,
+    pub y_commitment: String,
+    pub segments: Vec<SegmentRecord>,
+}
+
+/// One segment task: rows of one stream, and the fact its proof must have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentRecord {
+    /// The stream's kind word (4 weights, 5 inputs, 6 outputs).
+    pub stream: u32,
+    pub row0: usize,
+    pub rows: usize,
+    /// Blake2s fact (hex) of the batch kernel's honest public output for this segment.
+    pub fact: String,
 }
 
 /// One task's state, a field of the hash at [`Keys::tasks`] (field = task index).
@@ -340,6 +406,10 @@ impl Keys {
     /// The job's [`JobResult`], as JSON.
     pub fn result(&self, job_id: &str) -> String {
         format!("{}:job:{job_id}:result", self.prefix)
+    }
+    /// Y of a matmul job, as a `.npy`; lives as long as the result.
+    pub fn y(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}:y", self.prefix)
     }
     /// The job's certificate.
     pub fn certificate(&self, job_id: &str) -> String {

@@ -333,9 +333,7 @@ pub fn install(role: Role) -> Result<PrometheusHandle, MetricsError> {
 /// the number of series bounded.
 pub fn label_values(spec: &MetricSpec, label: &str, role: Role) -> Vec<&'static str> {
     match label {
-        "kind" => [TaskKind::Map, TaskKind::Reduce]
-            .map(TaskKind::name)
-            .to_vec(),
+        "kind" => TaskKind::ALL.map(TaskKind::name).to_vec(),
         "status" => [
             JobStatus::Succeeded,
             JobStatus::Failed,

@@ -1,7 +1,9 @@
 //! Proof acceptance. Workers are untrusted: a reported proof is accepted only if it verifies at
 //! the pinned program, parameters and preprocessed root, and states exactly the planned task — a
 //! tile at its position with its A and x digests, or a node over exactly the accepted children's
-//! facts (the root also with the planned commitments).
+//! facts (the root also with the planned commitments); for a matmul job, a segment whose fact is
+//! the one its honest run has (computed natively at planning), or a batch root over exactly the
+//! accepted segments with the planned shape and commitments.
 //!
 //! What a proof must state is captured on the event loop as an [`Expected`]; fetching the proof
 //! and verifying it ([`check`]) run as a spawned task on the blocking pool, so the loop keeps
@@ -10,7 +12,8 @@
 
 use std::time::Instant;
 
-use starkscale_cairo::encoding::{Digest, Fact};
+use starkscale_cairo::batch::{self, Shape};
+use starkscale_cairo::encoding::{self, Digest, Fact};
 use starkscale_cairo::program::Pinned;
 use starkscale_cairo::tree::{NodeOutput, RootOutput};
 use starkscale_cairo::{verify_proof, verify_tile};
@@ -34,6 +37,15 @@ pub(crate) enum Expected {
         facts: Vec<Fact>,
         /// For the root: the planned A and x commitments.
         commitments: Option<(Option<Digest>, Option<Digest>)>,
+    },
+    /// A batch segment: the fact of its honest public output.
+    Segment { fact: Fact },
+    BatchRoot {
+        shape: Shape,
+        /// A, X and Y.
+        commitments: [Digest; 3],
+        /// The accepted segments' facts, in the root's order.
+        facts: Vec<Fact>,
     },
 }
 
@@ -87,7 +99,64 @@ pub(crate) fn check(expected: &Expected, proof: &[u8], allow_test: bool) -> Verd
             facts,
             commitments,
         } => check_node(*rows, facts, commitments.as_ref(), proof, allow_test),
+        Expected::Segment { fact } => check_segment(fact, proof, allow_test),
+        Expected::BatchRoot {
+            shape,
+            commitments,
+            facts,
+        } => check_batch_root(shape, commitments, facts, proof, allow_test),
     }
+}
+
+/// A segment's proof: the batch kernel, with exactly the planned public output (its fact binds
+/// the stream, rows, challenges, chain states and sums the root will link).
+fn check_segment(fact: &Fact, proof: &[u8], allow_test: bool) -> Verdict {
+    let verified = verify_proof(proof, allow_test).map_err(|e| e.to_string())?;
+    if verified.program != Pinned::Batch {
+        return Err(format!(
+            "proof is of the {} program, not the batch kernel",
+            verified.program.name()
+        ));
+    }
+    if encoding::fact(&Pinned::Batch.hash(), &verified.output) != *fact {
+        return Err("segment proof states another output than the planned segment's".into());
+    }
+    Ok(verified.output)
+}
+
+/// The batch root's proof: over exactly the accepted segments, stating the planned shape and
+/// commitments.
+fn check_batch_root(
+    shape: &Shape,
+    commitments: &[Digest; 3],
+    facts: &[Fact],
+    proof: &[u8],
+    allow_test: bool,
+) -> Verdict {
+    let verified = verify_proof(proof, allow_test).map_err(|e| e.to_string())?;
+    if verified.program != Pinned::BatchRoot {
+        return Err(format!(
+            "proof is of the {} program, not the batch root",
+            verified.program.name()
+        ));
+    }
+    let out = batch::RootOutput::from_words(&verified.output)?;
+    if out.shape != *shape {
+        return Err(format!(
+            "batch root proves shape {:?}, not the planned {shape:?}",
+            out.shape
+        ));
+    }
+    let stated = [out.a_commitment, out.x_commitment, out.y_commitment];
+    for ((what, stated), planned) in ["A", "X", "Y"].iter().zip(stated).zip(commitments) {
+        if stated != *planned {
+            return Err(format!("batch root proves another {what} commitment"));
+        }
+    }
+    if out.facts != facts {
+        return Err("batch root states other segment facts than the accepted segments'".into());
+    }
+    Ok(verified.output)
 }
 
 /// A tile's proof: the map kernel, at the planned position and shape, of the planned digests.

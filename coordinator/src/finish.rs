@@ -2,8 +2,9 @@
 //!
 //! 1. **decide**: progress becomes `finishing` with the [`Ending`] (status and reason) — from
 //!    here on the outcome does not change, whoever completes it;
-//! 2. **certificate** (on success): every accepted proof, assembled off the loop and stored; if a
-//!    proof vanished from the store the job is planned again instead (see [`crate::reconcile`]);
+//! 2. **certificate** (on success): every accepted proof, assembled off the loop and stored (a
+//!    matvec certificate, or a batch certificate whose Y was stored at planning); if a proof
+//!    vanished from the store the job is planned again instead (see [`crate::reconcile`]);
 //! 3. **result**: stored, progress made final, then the result published to the results
 //!    exchange (and `reply_to`, which is best effort: a client's missing reply queue fails
 //!    nothing);
@@ -13,16 +14,19 @@
 //! stops in step 3 or 4 leaves the ended job in the open-jobs index, and the next full pass
 //! publishes its stored result once more (clients take the first).
 
+use starkscale_cairo::batch;
+use starkscale_cairo::batch_certificate::BatchCertificate;
 use starkscale_cairo::certificate::Certificate;
 use starkscale_cairo::tree::RootOutput;
 use starkscale_common::broker::Broker;
 use starkscale_common::messages::{unix_ms, Ending, JobResult, JobStatus, TaskTiming};
 use starkscale_common::metrics;
 use starkscale_common::store::Store;
+use starkscale_common::tensor::npy;
 use tracing::{info, warn};
 
 use crate::settle::Failure;
-use crate::state::Job;
+use crate::state::{Job, Tasks};
 use crate::{to_json, Coordinator, CoordinatorError, Services};
 
 impl<B: Broker, S: Store> Coordinator<B, S> {
@@ -49,7 +53,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             .ending
             .clone()
             .unwrap_or_else(|| Ending::failed("the job's ending was lost"));
-        let tiles = job.plan.len();
+        let tiles = job.map_tasks();
         let seconds = |range: std::ops::Range<usize>| -> f64 {
             job.tasks[range].iter().map(|t| t.seconds).sum()
         };
@@ -58,9 +62,10 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             status: ending.status,
             error: ending.error.clone(),
             y: None,
+            y_key: None,
             certificate_key: None,
             tiles,
-            nodes: job.tree.len(),
+            nodes: job.reduce_tasks(),
             wall_s: job.age_ms() as f64 / 1000.0,
             tile_s: seconds(0..tiles),
             reduce_s: seconds(tiles..job.tasks.len()),
@@ -69,13 +74,24 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         let reply_to = job.record.reply_to.clone();
         if ending.status == JobStatus::Succeeded {
             match self.certificate(job).await? {
-                Certificated::Done(certificate, y) => {
+                Certificated::Done {
+                    certificate,
+                    y,
+                    y_npy,
+                } => {
                     let key = self.svc.keys.certificate(job_id);
                     self.svc
                         .store
                         .put(&key, &certificate, self.svc.ttl())
                         .await?;
-                    result.y = Some(y);
+                    if let Some(npy) = y_npy {
+                        let y_key = self.svc.keys.y(job_id);
+                        self.svc.store.put(&y_key, &npy, self.svc.ttl()).await?;
+                    }
+                    if matches!(job.layout, Tasks::Batch { .. }) || y_npy_written(job) {
+                        result.y_key = Some(self.svc.keys.y(job_id));
+                    }
+                    result.y = y;
                     result.certificate_key = Some(key);
                     result.task_timings = timings(job);
                 }
@@ -112,11 +128,15 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             return Ok(());
         };
         metrics::job_completed(result.status, Some(result.wall_s));
-        let working = self.svc.keys.working_set(
+        let mut working = self.svc.keys.working_set(
             job_id,
             job.tasks.len(),
             job.tasks.iter().map(|t| t.attempt).max().unwrap_or(1),
         );
+        if result.y_key.is_none() {
+            // A matmul job's Y, stored at planning, outlives the job only when it succeeded.
+            working.push(self.svc.keys.y(job_id));
+        }
         self.svc.store.delete(&working).await?;
         self.svc
             .store
@@ -126,11 +146,20 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         Ok(())
     }
 
-    /// The job certificate from the accepted proofs (tiles, nodes, root last) and the root's y;
-    /// assembled on the blocking pool.
+    /// The job certificate from the accepted proofs (in task order, the root last) and what
+    /// the root states; assembled on the blocking pool.
     async fn certificate(&self, job: &Job) -> Result<Certificated, Failure> {
-        let root = job.tasks.last().and_then(|t| t.output.as_deref());
-        let Some(root) = root.and_then(|words| RootOutput::from_words(words).ok()) else {
+        let root = job.tasks.last().and_then(|t| t.output.clone());
+        let statement = match (&job.layout, root) {
+            (Tasks::Tiles { layout, .. }, Some(words)) => RootOutput::from_words(&words)
+                .ok()
+                .map(|root| Statement::Tiles(root, layout.matmul)),
+            (Tasks::Batch { .. }, Some(words)) => batch::RootOutput::from_words(&words)
+                .ok()
+                .map(Statement::Batch),
+            (_, None) => None,
+        };
+        let Some(statement) = statement else {
             return Ok(Certificated::Unreadable(
                 "the accepted root output is unreadable".into(),
             ));
@@ -147,12 +176,34 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 }
             }
         }
-        let assembled = tokio::task::spawn_blocking(move || {
-            (Certificate::new(&root, proofs).to_bytes(), root.y)
+        let assembled = tokio::task::spawn_blocking(move || match statement {
+            Statement::Tiles(root, matmul) => {
+                let y_npy = matmul.then(|| {
+                    let values: Vec<i32> = root.y.iter().map(|&v| v as i32).collect();
+                    npy::write_i32(&[1, values.len()], &values)
+                });
+                Certificated::Done {
+                    certificate: Certificate::new(&root, proofs).to_bytes(),
+                    y: Some(root.y),
+                    y_npy,
+                }
+            }
+            Statement::Batch(root) => Certificated::Done {
+                certificate: BatchCertificate {
+                    shape: root.shape,
+                    a_commitment: root.a_commitment,
+                    x_commitment: root.x_commitment,
+                    y_commitment: root.y_commitment,
+                    proofs,
+                }
+                .to_bytes(),
+                y: None,
+                y_npy: None,
+            },
         })
         .await;
         match assembled {
-            Ok((bytes, y)) => Ok(Certificated::Done(bytes, y)),
+            Ok(done) => Ok(done),
             Err(e) => Ok(Certificated::Unreadable(format!(
                 "assembling the certificate panicked: {e}"
             ))),
@@ -160,10 +211,28 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
     }
 }
 
+/// What a job's root proved.
+enum Statement {
+    /// A reduce root; whether the job was a matmul of one input.
+    Tiles(RootOutput, bool),
+    Batch(batch::RootOutput),
+}
+
 enum Certificated {
-    Done(Vec<u8>, Vec<i64>),
+    /// The certificate; y of a matvec job; Y (`.npy`) of a matmul job of one input, whose Y
+    /// was not stored at planning.
+    Done {
+        certificate: Vec<u8>,
+        y: Option<Vec<i64>>,
+        y_npy: Option<Vec<u8>>,
+    },
     ProofMissing(String),
     Unreadable(String),
+}
+
+/// Whether finishing `job` writes its Y (a matmul job of one input).
+fn y_npy_written(job: &Job) -> bool {
+    matches!(&job.layout, Tasks::Tiles { layout, .. } if layout.matmul)
 }
 
 fn timings(job: &Job) -> Vec<TaskTiming> {

@@ -7,8 +7,8 @@
 //! 1. **claim** the id: progress `planning` (SET NX) and a field in the open-jobs index; a claim
 //!    that exists already is a duplicate — answered from the stored result when the job ended,
 //!    planned again when this very message comes back after a coordinator stopped mid-planning;
-//! 2. **plan**: tile inputs and the job message (to re-plan from), then the job record — all
-//!    with the job's TTL; the loop then publishes the tasks and only then acks the message.
+//! 2. **plan**: task inputs (cut by [`crate::cut`]; a matmul job's Y too) and the job message
+//!    (to re-plan from), then the job record — all with the job's TTL; the loop then publishes the tasks and only then acks the message.
 //!
 //! A job that cannot run is **refused**: a failed result naming the reason is stored and
 //! published, its claim is released (the id can be submitted again once fixed), and the message
@@ -17,17 +17,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use starkscale_cairo::encoding::{a_digest, x_digest};
 use starkscale_common::broker::Delivery;
 use starkscale_common::job::{check_shapes, JobError, Request};
-use starkscale_common::messages::{
-    unix_ms, JobProgress, JobRecord, JobResult, JobStatus, TileInputBlob,
-};
+use starkscale_common::messages::{unix_ms, JobProgress, JobRecord, JobResult, JobStatus};
 use starkscale_common::metrics;
 use starkscale_common::store::Store;
-use starkscale_common::{JobSpec, TilePlan};
+use starkscale_common::JobSpec;
 use tracing::{info, warn};
 
+use crate::cut::{cut, Cut, CutOptions};
 use crate::settle::Failure;
 use crate::state::Job;
 use crate::{to_json, Services};
@@ -77,7 +75,11 @@ pub(crate) async fn intake<B: starkscale_common::broker::Broker, S: Store>(
         .await?;
     let started_unix_ms = if claimed {
         // A refused earlier submission of this id left its result; this one replaces it.
-        let stale = [svc.keys.result(&job_id), svc.keys.certificate(&job_id)];
+        let stale = [
+            svc.keys.result(&job_id),
+            svc.keys.certificate(&job_id),
+            svc.keys.y(&job_id),
+        ];
         svc.store.delete(&stale).await?;
         svc.store
             .put_field(
@@ -173,38 +175,28 @@ pub(crate) async fn plan_job<B, S: Store>(
         let (a, x) = spec.load_inputs((a_bytes.as_deref(), x_bytes.as_deref()))?;
         drop((a_bytes, x_bytes));
         check_shapes(&a, &x, spec.tile_rows(), &limits)?;
-        let plan = TilePlan::new(a.rows(), a.cols(), spec.tile_rows());
-        let mut inputs = Vec::with_capacity(plan.len() + 1);
-        let mut a_digests = Vec::with_capacity(plan.len());
-        let x_blocks: Vec<_> = (0..plan.col_blocks())
-            .map(|b| x.block(b * plan.tile_cols, plan.tile_cols))
-            .collect();
-        for tile in plan.tiles() {
-            let blob = TileInputBlob {
-                row0: tile.row0 as u32,
-                col0: tile.col0 as u32,
-                a: a.tile(tile.row0, tile.col0, tile.rows, tile.cols),
-                x: x_blocks[tile.col_block].clone(),
-            };
-            a_digests.push(a_digest(&blob.a).to_hex());
-            inputs.push((keys.task_input(&id, tile.index), blob.to_bytes()));
-        }
-        let record = JobRecord {
-            job_id: id,
-            rows: a.rows(),
-            cols: a.cols(),
+        let options = CutOptions {
+            keys: &keys,
+            job_id: &id,
             tile_rows: spec.tile_rows(),
-            reply_to,
-            started_unix_ms,
-            a_digests,
-            x_digests: x_blocks.iter().map(|b| x_digest(b).to_hex()).collect(),
             fan_in,
+            segment_blocks: spec.segment_blocks(),
+            limits: &limits,
         };
-        Ok((record, inputs))
+        cut(&a, &x, &options)
     })
     .await
     .map_err(|e| JobError::Limit(format!("planning the job panicked: {e}")))?;
-    let (record, mut inputs) = cut?;
+    let Cut {
+        layout,
+        values: mut inputs,
+    } = cut?;
+    let record = JobRecord {
+        job_id: job_id.to_string(),
+        reply_to,
+        started_unix_ms,
+        layout,
+    };
     inputs.push((svc.keys.request(job_id), request.to_vec()));
     let ttl = svc.ttl();
     svc.store.put_all(inputs, ttl).await?;
@@ -216,7 +208,7 @@ pub(crate) async fn plan_job<B, S: Store>(
         .await?;
     let mut job = Job::new(record);
     job.request = Some(request);
-    info!(job = %job_id, tiles = job.plan.len(), nodes = job.tree.len(), rows = job.plan.rows, cols = job.plan.cols, "job planned");
+    info!(job = %job_id, kind = job.kind(0).name(), tasks = job.map_tasks(), nodes = job.reduce_tasks(), "job planned");
     Ok(job)
 }
 

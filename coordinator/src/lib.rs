@@ -8,8 +8,9 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`intake`] | a job message → claim → load, cut and digest its inputs → a stored plan (spawned per message) |
-//! | [`state`] | [`state::Job`]: the record, the reduce tree and every task's record; pure queries |
+//! | [`intake`] | a job message → claim → load and check its inputs → a stored plan (spawned per message) |
+//! | [`cut`] | loaded inputs → task inputs and the record of what each proof must state: map tiles, or batch segments with Y computed natively |
+//! | [`state`] | [`state::Job`]: the record, the task layout (reduce tree or batch root) and every task's record; pure queries |
 //! | [`transitions`] | task events, retries, dead-lettered tasks, cancels: the state changes and their writes |
 //! | [`acceptance`] | what a proof must state, checked off the event loop |
 //! | [`finish`] | the decided ending → certificate → stored and published result → keys freed |
@@ -23,6 +24,7 @@
 //! lapses.
 
 mod acceptance;
+mod cut;
 mod finish;
 mod intake;
 mod reconcile;

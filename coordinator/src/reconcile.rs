@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use starkscale_common::broker::Broker;
 use starkscale_common::job::{JobError, Request};
-use starkscale_common::messages::{unix_ms, Ending, JobProgress, JobRecord, JobStatus, TaskRecord};
+use starkscale_common::messages::{
+    unix_ms, Ending, JobProgress, JobRecord, JobStatus, Layout, TaskRecord, TileLayout,
+};
 use starkscale_common::metrics;
 use starkscale_common::store::Store;
 use tracing::{info, warn};
@@ -309,14 +311,17 @@ pub async fn bench_reconcile<B: Broker, S: Store>(
         let id = format!("bench-reconcile-{j}");
         let record = JobRecord {
             job_id: id.clone(),
-            rows: tiles * 2,
-            cols: 1024,
-            tile_rows: 2,
             reply_to: None,
             started_unix_ms: unix_ms(),
-            a_digests: vec!["00".repeat(32); tiles],
-            x_digests: vec!["00".repeat(32)],
-            fan_in: crate::DEFAULT_FAN_IN,
+            layout: Layout::Tiles(TileLayout {
+                rows: tiles * 2,
+                cols: 1024,
+                tile_rows: 2,
+                a_digests: vec!["00".repeat(32); tiles],
+                x_digests: vec!["00".repeat(32)],
+                fan_in: crate::DEFAULT_FAN_IN,
+                matmul: false,
+            }),
         };
         let mut job = Job::new(record);
         for task in job.tasks.iter_mut() {

@@ -1,26 +1,39 @@
-//! A job's state as the coordinator holds it: the record written at planning, its reduce tree,
-//! and every task's [`TaskRecord`]. Pure queries only; what changes the state, and in which
-//! order it is written to the store, lives in the modules that drive the transitions.
+//! A job's state as the coordinator holds it: the record written at planning, how the job is
+//! cut into tasks (map tiles and a reduce tree, or batch segments and a batch root), and every
+//! task's [`TaskRecord`]. Pure queries only; what changes the state, and in which order it is
+//! written to the store, lives in the modules that drive the transitions.
 
 use std::sync::Arc;
 
+use starkscale_cairo::batch::{self, RootInput, Stream};
 use starkscale_cairo::encoding::{Digest, Fact};
 use starkscale_cairo::program::Pinned;
 use starkscale_cairo::tree::{commit_tiles, x_commitment, Child, ReduceInput};
 use starkscale_common::messages::{
-    unix_ms, Ending, JobProgress, JobRecord, JobStatus, TaskKind, TaskMsg, TaskRecord,
+    unix_ms, BatchLayout, Ending, JobProgress, JobRecord, JobStatus, Layout, TaskKind, TaskMsg,
+    TaskRecord, TileLayout,
 };
 use starkscale_common::plan::NodeSpec;
 use starkscale_common::TilePlan;
 
 use crate::acceptance::Expected;
 
-/// A job being proven: its record, its reduce tree, and the state of each task.
+/// How a job's tasks are laid out.
+pub(crate) enum Tasks {
+    /// Map tiles, then reduce nodes; node k is task `plan.len() + k`, the root last.
+    Tiles {
+        layout: TileLayout,
+        plan: TilePlan,
+        tree: Vec<NodeSpec>,
+    },
+    /// Segments in the root's order, then the batch root.
+    Batch { layout: BatchLayout },
+}
+
+/// A job being proven: its record, its task layout, and the state of each task.
 pub(crate) struct Job {
     pub record: JobRecord,
-    pub plan: TilePlan,
-    /// Reduce nodes; node k is task `plan.len() + k`, the root last.
-    pub tree: Vec<NodeSpec>,
+    pub layout: Tasks,
     pub tasks: Vec<TaskRecord>,
     pub retries: usize,
     /// Seconds from receiving the job to its tasks published, when this process planned it.
@@ -34,14 +47,25 @@ pub(crate) struct Job {
 
 impl Job {
     pub fn new(record: JobRecord) -> Job {
-        let plan = TilePlan::new(record.rows, record.cols, record.tile_rows);
-        let tree = plan.reduce_tree(record.fan_in);
-        let total = plan.len() + tree.len();
+        let layout = match &record.layout {
+            Layout::Tiles(layout) => {
+                let plan = TilePlan::new(layout.rows, layout.cols, layout.tile_rows);
+                let tree = plan.reduce_tree(layout.fan_in);
+                Tasks::Tiles {
+                    layout: layout.clone(),
+                    plan,
+                    tree,
+                }
+            }
+            Layout::Batch(layout) => Tasks::Batch {
+                layout: layout.clone(),
+            },
+        };
+        let total = layout.map_tasks() + layout.reduce_tasks();
         Job {
             tasks: vec![TaskRecord::default(); total],
             record,
-            plan,
-            tree,
+            layout,
             retries: 0,
             plan_s: None,
             status: JobStatus::Running,
@@ -62,26 +86,51 @@ impl Job {
         self.tasks.iter().all(|t| t.output.is_some())
     }
 
-    pub fn node(&self, task: usize) -> Option<&NodeSpec> {
-        task.checked_sub(self.plan.len())
-            .and_then(|k| self.tree.get(k))
+    /// Map tiles or segments: the tasks that are always ready.
+    pub fn map_tasks(&self) -> usize {
+        self.layout.map_tasks()
     }
 
-    pub fn kind(&self, task: usize) -> TaskKind {
-        if task < self.plan.len() {
-            TaskKind::Map
-        } else {
-            TaskKind::Reduce
+    /// Reduce nodes or the batch root.
+    pub fn reduce_tasks(&self) -> usize {
+        self.layout.reduce_tasks()
+    }
+
+    pub fn node(&self, task: usize) -> Option<&NodeSpec> {
+        match &self.layout {
+            Tasks::Tiles { plan, tree, .. } => {
+                task.checked_sub(plan.len()).and_then(|k| tree.get(k))
+            }
+            Tasks::Batch { .. } => None,
         }
     }
 
-    /// A map task is always ready; a node once all its children are accepted.
+    pub fn kind(&self, task: usize) -> TaskKind {
+        let map = task < self.map_tasks();
+        match (&self.layout, map) {
+            (Tasks::Tiles { .. }, true) => TaskKind::Map,
+            (Tasks::Tiles { .. }, false) => TaskKind::Reduce,
+            (Tasks::Batch { .. }, true) => TaskKind::Segment,
+            (Tasks::Batch { .. }, false) => TaskKind::BatchRoot,
+        }
+    }
+
+    /// A map tile or segment is always ready; a node (or the batch root) once all its children
+    /// are accepted.
     pub fn ready(&self, task: usize) -> bool {
-        self.node(task).is_none_or(|node| {
-            node.children
-                .iter()
-                .all(|&c| self.tasks[c].output.is_some())
-        })
+        match &self.layout {
+            Tasks::Tiles { .. } => self.node(task).is_none_or(|node| {
+                node.children
+                    .iter()
+                    .all(|&c| self.tasks[c].output.is_some())
+            }),
+            Tasks::Batch { layout } => {
+                task < layout.segments.len()
+                    || self.tasks[..layout.segments.len()]
+                        .iter()
+                        .all(|t| t.output.is_some())
+            }
+        }
     }
 
     /// Tasks to publish now: ready, not accepted, not yet published, not backing off.
@@ -118,10 +167,11 @@ impl Job {
 
     /// The accepted child `task` as its parent's program consumes it.
     fn child(&self, task: usize) -> Option<Child> {
-        let program = if task < self.plan.len() {
-            Pinned::Map
-        } else {
-            Pinned::Reduce
+        let program = match self.kind(task) {
+            TaskKind::Map => Pinned::Map,
+            TaskKind::Reduce => Pinned::Reduce,
+            TaskKind::Segment => Pinned::Batch,
+            TaskKind::BatchRoot => Pinned::BatchRoot,
         };
         Some(Child {
             program_hash: program.hash(),
@@ -130,28 +180,71 @@ impl Job {
     }
 
     pub fn reduce_input(&self, node: &NodeSpec) -> Option<ReduceInput> {
+        let Tasks::Tiles { plan, .. } = &self.layout else {
+            return None;
+        };
         let children = node
             .children
             .iter()
             .map(|&c| self.child(c))
             .collect::<Option<Vec<_>>>()?;
-        Some(ReduceInput::for_node(&self.plan, node, children))
+        Some(ReduceInput::for_node(plan, node, children))
+    }
+
+    /// The batch root's input: every accepted segment, grouped by stream in the root's order.
+    pub fn batch_root_input(&self) -> Option<RootInput> {
+        let Tasks::Batch { layout } = &self.layout else {
+            return None;
+        };
+        let mut input = RootInput {
+            shape: batch_shape(layout),
+            weights: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        };
+        for (task, segment) in layout.segments.iter().enumerate() {
+            let child = self.child(task)?;
+            match Stream::from_kind(segment.stream)? {
+                Stream::Weights => input.weights.push(child),
+                Stream::Inputs => input.inputs.push(child),
+                Stream::Outputs => input.outputs.push(child),
+            }
+        }
+        Some(input)
+    }
+
+    /// The input of a task that is written when the task is published, because it is made of
+    /// its children's outputs (a reduce node or the batch root); `None` for tasks whose input
+    /// was stored at planning.
+    pub fn late_input(&self, task: usize) -> Option<Vec<u8>> {
+        match self.kind(task) {
+            TaskKind::Reduce => self
+                .node(task)
+                .and_then(|n| self.reduce_input(n))
+                .map(|i| i.to_bytes()),
+            TaskKind::BatchRoot => self.batch_root_input().map(|i| i.to_bytes()),
+            TaskKind::Map | TaskKind::Segment => None,
+        }
     }
 
     /// The A commitment of the planned tiles' digests: what the root must prove.
     fn expected_a_commitment(&self) -> Option<Digest> {
-        let digests = self
-            .record
+        let Tasks::Tiles { layout, plan, .. } = &self.layout else {
+            return None;
+        };
+        let digests = layout
             .a_digests
             .iter()
             .map(|h| Digest::from_hex(h))
             .collect::<Option<Vec<_>>>()?;
-        (digests.len() == self.plan.len()).then(|| commit_tiles(&self.plan, &digests))
+        (digests.len() == plan.len()).then(|| commit_tiles(plan, &digests))
     }
 
     fn expected_x_commitment(&self) -> Option<Digest> {
-        let digests = self
-            .record
+        let Tasks::Tiles { layout, .. } = &self.layout else {
+            return None;
+        };
+        let digests = layout
             .x_digests
             .iter()
             .map(|h| Digest::from_hex(h))
@@ -161,12 +254,18 @@ impl Job {
 
     /// What a proof of `task` must state, to be checked away from the event loop.
     pub fn expected(&self, task: usize) -> Result<Expected, String> {
+        if let Tasks::Batch { layout } = &self.layout {
+            return self.expected_batch(layout, task);
+        }
+        let Tasks::Tiles { layout, plan, .. } = &self.layout else {
+            return Err("no such task".into());
+        };
         match self.node(task) {
             None => {
-                let tile = self.plan.tile(task).ok_or("no such tile")?;
+                let tile = plan.tile(task).ok_or("no such tile")?;
                 Ok(Expected::Tile {
-                    a_digest: self.record.a_digests.get(tile.index).cloned(),
-                    x_digest: self.record.x_digests.get(tile.col_block).cloned(),
+                    a_digest: layout.a_digests.get(tile.index).cloned(),
+                    x_digest: layout.x_digests.get(tile.col_block).cloned(),
                     tile,
                 })
             }
@@ -188,27 +287,52 @@ impl Job {
         }
     }
 
+    fn expected_batch(&self, layout: &BatchLayout, task: usize) -> Result<Expected, String> {
+        let digest = |hex: &str| Digest::from_hex(hex).ok_or("unreadable digest in the job record");
+        if let Some(segment) = layout.segments.get(task) {
+            return Ok(Expected::Segment {
+                fact: digest(&segment.fact)?,
+            });
+        }
+        let input = self
+            .batch_root_input()
+            .ok_or("a segment of this job is not accepted")?;
+        Ok(Expected::BatchRoot {
+            shape: input.shape,
+            commitments: [
+                digest(&layout.a_commitment)?,
+                digest(&layout.x_commitment)?,
+                digest(&layout.y_commitment)?,
+            ],
+            facts: input.children().map(Child::fact).collect(),
+        })
+    }
+
     /// Where the job is, in words, for a deadline's failure reason.
     pub fn stage(&self) -> String {
         match self.status {
             JobStatus::Finishing => "finishing (writing its certificate and result)".into(),
             JobStatus::Planning => "planning".into(),
             _ => {
-                let tiles = self.plan.len();
+                let tiles = self.map_tasks();
                 let maps = self.tasks[..tiles]
                     .iter()
                     .filter(|t| t.output.is_some())
                     .count();
+                let (map, reduce) = match self.layout {
+                    Tasks::Tiles { .. } => ("map tiles", "reduce nodes"),
+                    Tasks::Batch { .. } => ("segments", "batch roots"),
+                };
                 if maps < tiles {
-                    format!("proving map tiles ({maps} of {tiles} accepted)")
+                    format!("proving {map} ({maps} of {tiles} accepted)")
                 } else {
                     let nodes = self.tasks[tiles..]
                         .iter()
                         .filter(|t| t.output.is_some())
                         .count();
                     format!(
-                        "reducing ({nodes} of {} reduce nodes accepted)",
-                        self.tree.len()
+                        "reducing ({nodes} of {} {reduce} accepted)",
+                        self.reduce_tasks()
                     )
                 }
             }
@@ -231,5 +355,30 @@ impl Job {
     /// Milliseconds since the job was received.
     pub fn age_ms(&self) -> u64 {
         unix_ms().saturating_sub(self.record.started_unix_ms)
+    }
+}
+
+impl Tasks {
+    fn map_tasks(&self) -> usize {
+        match self {
+            Tasks::Tiles { plan, .. } => plan.len(),
+            Tasks::Batch { layout } => layout.segments.len(),
+        }
+    }
+
+    fn reduce_tasks(&self) -> usize {
+        match self {
+            Tasks::Tiles { tree, .. } => tree.len(),
+            Tasks::Batch { .. } => 1,
+        }
+    }
+}
+
+/// A batch layout's shape, as the batch programs state it.
+pub(crate) fn batch_shape(layout: &BatchLayout) -> batch::Shape {
+    batch::Shape {
+        m: layout.m,
+        k: layout.k,
+        b: layout.b,
     }
 }

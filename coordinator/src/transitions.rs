@@ -224,7 +224,8 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
     }
 
     /// Publishes every due task of the job (ready, not accepted, not yet published, not backing
-    /// off); a node's input (its children's outputs) is written before its task goes out, and
+    /// off); a node's or batch root's input (its children's outputs) is written before its task
+    /// goes out, and
     /// each record notes the publication after the broker confirmed it.
     pub(crate) async fn publish_due(&mut self, job_id: &str) -> Result<(), Failure> {
         let Some(job) = self.jobs.get(job_id) else {
@@ -239,21 +240,16 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         let inputs: Vec<(String, Vec<u8>)> = due
             .iter()
             .filter_map(|&t| {
-                job.node(t)
-                    .and_then(|n| job.reduce_input(n))
-                    .map(|i| (t, i))
+                job.late_input(t)
+                    .map(|input| (self.svc.keys.task_input(job_id, t), input))
             })
-            .map(|(t, input)| (self.svc.keys.task_input(job_id, t), input.to_bytes()))
             .collect();
         self.svc.store.put_all(inputs, ttl).await?;
         let bodies: Vec<Vec<u8>> = due.iter().map(|&t| to_json(&job.task_msg(t))).collect();
         let tasks = self.svc.broker.topology().tasks();
         self.svc.broker.publish_all(&tasks, &bodies).await?;
         starkscale_common::faults::crash_point("publish:before-record");
-        for kind in [
-            starkscale_common::messages::TaskKind::Map,
-            starkscale_common::messages::TaskKind::Reduce,
-        ] {
+        for kind in starkscale_common::messages::TaskKind::ALL {
             metrics::tasks_published(kind, due.iter().filter(|&&t| job.kind(t) == kind).count());
         }
         let Some(job) = self.jobs.get_mut(job_id) else {

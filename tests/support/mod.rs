@@ -128,7 +128,12 @@ pub fn clean_up(prefix: &str, jobs: &[&str]) {
             .iter()
             .flat_map(|j| {
                 let mut all = keys.working_set(j, 8, 3);
-                all.extend([keys.result(j), keys.certificate(j), keys.progress(j)]);
+                all.extend([
+                    keys.result(j),
+                    keys.certificate(j),
+                    keys.progress(j),
+                    keys.y(j),
+                ]);
                 all
             })
             .collect();
@@ -174,6 +179,20 @@ pub fn native_y(spec: &serde_json::Value) -> serde_json::Value {
         })
         .collect();
     serde_json::json!(y)
+}
+
+/// Y = A·X of a matmul job spec with inline A and X (one input per row): one output row per
+/// input, what the job's Y must hold.
+pub fn native_batch_y(spec: &serde_json::Value) -> Vec<Vec<i64>> {
+    spec["x"]["inline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            let one = serde_json::json!({"a": spec["a"], "x": {"inline": x}});
+            serde_json::from_value(native_y(&one)).unwrap()
+        })
+        .collect()
 }
 
 /// The Python of a venv under `~/.cache/starkscale/<name>` that can `import <modules>`, made

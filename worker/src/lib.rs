@@ -2,8 +2,9 @@
 //!
 //! [`serve`] is generic over the [`Broker`] and [`Store`]: the fleet runs it over RabbitMQ and
 //! Redis ([`run`], which reconnects when either goes away), the embedded mode over their
-//! in-process twins. For each delivery: parse the [`TaskMsg`] → fetch only that tile's inputs →
-//! run the map kernel and prove it on a blocking thread (so the AMQP connection keeps its
+//! in-process twins. For each delivery: parse the [`TaskMsg`] → fetch only that task's input →
+//! run its program (map kernel, reduce, batch segment or batch root) and prove it on a blocking
+//! thread (so the AMQP connection keeps its
 //! heartbeats during a proof) → store the proof under its deterministic key with a TTL →
 //! publish the [`TaskEvent`] and wait for its confirm → ack. Only then is the task gone from the
 //! queue: a worker killed at any point loses nothing, and a redelivered task rewrites the same key.
@@ -21,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use starkscale_cairo::batch::{run_root, run_segment, RootInput, SegmentInput};
 use starkscale_cairo::run::{run_reduce, DEFAULT_MAX_STEPS};
 use starkscale_cairo::tree::ReduceInput;
 use starkscale_cairo::{run_map, KernelError, Profile, Prover, ProverInput, RunStats, TileInput};
@@ -183,6 +185,8 @@ struct Worker<B, S> {
 enum Work {
     Map(TileInput),
     Reduce(ReduceInput),
+    Segment(SegmentInput),
+    BatchRoot(RootInput),
 }
 
 impl Work {
@@ -195,14 +199,19 @@ impl Work {
                     .map_err(|e| e.to_string())
             }
             TaskKind::Reduce => ReduceInput::from_bytes(bytes).map(Work::Reduce),
+            TaskKind::Segment => SegmentInput::from_bytes(bytes)
+                .map(Work::Segment)
+                .map_err(|e| e.to_string()),
+            TaskKind::BatchRoot => RootInput::from_bytes(bytes).map(Work::BatchRoot),
         }
     }
 
-    /// Matrix multiply-adds the task proves (none for a reduce node).
+    /// Matrix multiply-adds the task proves (none for a reduce node or a batch task, whose
+    /// multiply-adds are not proven one by one).
     fn macs(&self) -> u64 {
         match self {
             Work::Map(tile) => (tile.rows() * tile.cols()) as u64,
-            Work::Reduce(_) => 0,
+            Work::Reduce(_) | Work::Segment(_) | Work::BatchRoot(_) => 0,
         }
     }
 
@@ -211,6 +220,10 @@ impl Work {
         match self {
             Work::Map(tile) => run_map(&tile, max_steps).map(|run| (run.input, run.stats)),
             Work::Reduce(node) => run_reduce(&node, max_steps).map(|run| (run.input, run.stats)),
+            Work::Segment(segment) => {
+                run_segment(&segment, max_steps).map(|run| (run.input, run.stats))
+            }
+            Work::BatchRoot(root) => run_root(&root, max_steps).map(|run| (run.input, run.stats)),
         }
     }
 }
