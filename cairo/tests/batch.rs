@@ -283,3 +283,24 @@ fn the_native_expected_output_is_the_kernels_and_inputs_round_trip() {
         }
     }
 }
+
+#[test]
+fn planned_segments_of_multi_chunk_streams_run_to_their_expected_outputs() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    // 130 outputs: three int8 chunk columns per weights row; 8 blocks per int8 segment.
+    let (m, k, b) = (130, 24, 3);
+    let a = random_i8(&mut rng, m, k);
+    let x = random_i8(&mut rng, b, k);
+    let y = batch::multiply(&a, &x);
+    let plan = Planner::new(&a, &x, &y);
+    let specs = batch::plan_segments(&plan.shape, 32);
+    assert!(specs.iter().filter(|s| s.stream == Stream::Weights).count() >= 3);
+    for (spec, input) in specs.iter().zip(plan.segments(&specs)) {
+        let run = batch::run_segment(&input, STEPS).expect("runs");
+        assert_eq!(
+            batch::expected_output(&input, &plan.v),
+            run.output,
+            "{spec:?}"
+        );
+    }
+}

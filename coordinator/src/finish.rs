@@ -164,6 +164,14 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 "the accepted root output is unreadable".into(),
             ));
         };
+        if let Tasks::Batch { .. } = job.layout {
+            let y = self.svc.keys.y(job.id());
+            if self.svc.store.exist(std::slice::from_ref(&y)).await? != [true] {
+                return Ok(Certificated::ProofMissing(format!(
+                    "the job's Y ({y}) vanished from the store"
+                )));
+            }
+        }
         let mut proofs = Vec::with_capacity(job.tasks.len());
         for (task, state) in job.tasks.iter().enumerate() {
             let key = self.svc.keys.proof(job.id(), task, state.attempt);
