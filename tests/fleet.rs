@@ -58,6 +58,8 @@ impl Fleet {
             allow_test_profile: true,
             job_ttl_s: 600,
             max_job_bytes: 1 << 20,
+            // Matmul jobs are bound two or three inputs at a time.
+            plan_block_entries: 150,
             ..CoordinatorConfig::new(self.fleet.clone())
         };
         let shutdown = self.shutdown.clone();
@@ -160,6 +162,24 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
         .put(&garbage_key, b"\x93NUMPY garbage", Duration::from_secs(600))
         .await
         .unwrap();
+    // Batches by key, read by ranges: cut short, of three dimensions, out of range.
+    let npy =
+        |shape: &[usize], values: &[i32]| starkscale_common::tensor::npy::write_i32(shape, values);
+    let mut short = npy(&[3, 2], &[1, 2, 3, 4, 5, 6]);
+    short.truncate(short.len() - 4);
+    let batch_keys = [
+        ("short", short),
+        ("cube", npy(&[1, 2, 2], &[1, 2, 3, 4])),
+        ("wide", npy(&[3, 2], &[1, 2, 3, 4, 5, 300])),
+    ];
+    let batch_key = |name: &str| format!("{}:input:batch-{name}", fleet.fleet.prefix);
+    for (name, bytes) in &batch_keys {
+        fleet
+            .store
+            .put(&batch_key(name), bytes, Duration::from_secs(600))
+            .await
+            .unwrap();
+    }
     let ok = r#"{"schema_version":1,"job_id":"J","kind":"matvec","dtype":"i8","a":{"inline":[[1,2],[3,4]]},"x":{"inline":[5,-6]}}"#;
     let job = |id: &str, from: &str, to: &str| {
         ok.replace("\"J\"", &format!("\"{id}\"")).replace(from, to)
@@ -272,7 +292,7 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
         (job("h-mv-batch", "[5,-6]", "[[5,-6]]"), "matmul job"),
         (
             matmul("h-mm-width", "[[5,-6,7],[1,2,3]]"),
-            "X holds inputs of 3",
+            "X holds 2 inputs of 3 entries",
         ),
         (matmul("h-mm-ragged", "[[5,-6],[7]]"), "row 1 has 1 entries"),
         (
@@ -303,6 +323,20 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
             "no input at Redis key",
         ),
     ];
+    let by_key = |id: &str, name: &str| {
+        matmul(id, "[[5,-6]]").replace(
+            "{\"inline\":[[5,-6]]}",
+            &format!("{{\"redis_key\":\"{}\"}}", batch_key(name)),
+        )
+    };
+    let hostile_batches = hostile_batches.into_iter().chain([
+        (by_key("h-mm-short", "short"), "bytes, the input has"),
+        (by_key("h-mm-cube", "cube"), "is 2-D, one input per row"),
+        (
+            by_key("h-mm-wide", "wide"),
+            "value 300 at index 5 is out of range for i8",
+        ),
+    ]);
     let hostile: Vec<(String, &str)> = hostile.into_iter().chain(hostile_batches).collect();
     assert!(hostile.len() >= 30);
     for (body, _) in &hostile {
@@ -361,6 +395,9 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
         .collect();
     ids.push("good".into());
     fleet.store.delete(&[garbage_key]).await.unwrap();
+    for (name, _) in &batch_keys {
+        fleet.store.delete(&[batch_key(name)]).await.unwrap();
+    }
     fleet
         .clean_up(&ids.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
@@ -643,8 +680,19 @@ async fn matmul_jobs_are_proven_in_segments_and_certified_against_x_and_y() {
     fleet.worker("w1");
     // 70 columns: two int8 chunk columns per input; 70 weights rows: two weights segments at
     // this segment size, whose chains the root links.
-    let (batch, native) = random_batch_job("mm", (6, 70, 4), 7);
+    let (mut batch, native) = random_batch_job("mm", (6, 70, 4), 7);
     let (one, native_one) = random_batch_job("mm-one", (5, 30, 1), 8);
+    // X by path, a `.npy` the coordinator reads a block of inputs at a time.
+    let dir = tempfile::tempdir().unwrap();
+    let x_path = dir.path().join("x.npy");
+    let x_rows: Vec<Vec<i64>> = serde_json::from_value(batch["x"]["inline"].clone()).unwrap();
+    std::fs::write(
+        &x_path,
+        starkscale_common::tensor::npy::write_i8(&[4, 70], &x_rows.concat()),
+    )
+    .unwrap();
+    let x_inline = batch["x"]["inline"].clone();
+    batch["x"] = serde_json::json!({"path": x_path.to_str().unwrap()});
     for job in [&batch, &one] {
         fleet
             .publish(&fleet.topology.jobs(), job.to_string().as_bytes())
@@ -673,7 +721,7 @@ async fn matmul_jobs_are_proven_in_segments_and_certified_against_x_and_y() {
     let cert_key = result.certificate_key.clone().unwrap();
     let cert = fleet.store.get(&cert_key).await.unwrap().unwrap();
     let a = rows_of(&batch["a"]["inline"]);
-    let x = rows_of(&batch["x"]["inline"]);
+    let x = rows_of(&x_inline);
     let y = Rows::I32 {
         width: 6,
         data: values.iter().map(|&v| v as i32).collect(),

@@ -285,22 +285,31 @@ pub fn chain_states(rows: &Rows, upto: usize) -> Vec<[u32; 8]> {
     advance_states(rows, vec![INITIAL_STATE; rows.chunks()], 0, upto)
 }
 
-/// Every chain's state after rows `from..to`, given the states after the first `from` rows.
+/// Every chain's state after rows `from..to` of `rows` (a whole stream), given the states after
+/// the first `from` rows.
 pub fn advance_states(
     rows: &Rows,
     mut states: Vec<[u32; 8]>,
     from: usize,
     to: usize,
 ) -> Vec<[u32; 8]> {
+    absorb(&rows.slice(from, to - from), &mut states, from, false);
+    states
+}
+
+/// Advances every chain over `block`, rows `row0..` of its stream (Blake2s's byte counter runs
+/// over the whole stream); with `finalize`, the block's last row is the stream's last and each
+/// state becomes its chain's digest.
+pub fn absorb(block: &Rows, states: &mut [[u32; 8]], row0: usize, finalize: bool) {
+    let n = block.height();
     for (c, state) in states.iter_mut().enumerate() {
-        for r in from..to {
-            let block = rows.chunk_words(r, c);
-            let counter = (64 * (r + 1)) as u32;
-            let next = blake2s_compress(state, &block, counter, 0, 0, 0);
+        for r in 0..n {
+            let counter = (64 * (row0 + r + 1)) as u32;
+            let f0 = if finalize && r + 1 == n { u32::MAX } else { 0 };
+            let next = blake2s_compress(state, &block.chunk_words(r, c), counter, 0, f0, 0);
             state.copy_from_slice(&next);
         }
     }
-    states
 }
 
 /// A stream's commitment: Blake2s(kind, height, row length, chain digests…).
@@ -716,10 +725,12 @@ pub fn expected_output(input: &SegmentInput, all_v: &[Felt252]) -> Vec<u32> {
         Digest::default()
     };
     out.extend(v_digest.0);
-    for (c, before) in input.states.iter().enumerate() {
+    // The last segment finalizes the chain's last block: its state is the chain's digest.
+    let mut after = input.states.clone();
+    absorb(&input.data, &mut after, input.row0, last);
+    for (before, after) in input.states.iter().zip(after) {
         out.extend(before);
-        // The last segment finalizes the chain's last block: its state is the chain's digest.
-        out.extend(continued(&input.data, before, input.row0, c, last));
+        out.extend(after);
     }
     if input.stream == Stream::Weights {
         for v in &dots {
@@ -727,21 +738,6 @@ pub fn expected_output(input: &SegmentInput, all_v: &[Felt252]) -> Vec<u32> {
         }
     }
     out
-}
-
-/// Chain `c`'s state after the rows of `rows` (rows `row0..` of the stream: Blake2s's byte
-/// counter runs over the whole stream), continuing from `before`, its state after `row0` rows;
-/// with `finalize`, the last block is the chain's last and the state its digest.
-fn continued(rows: &Rows, before: &[u32; 8], row0: usize, c: usize, finalize: bool) -> [u32; 8] {
-    let mut state = *before;
-    let n = rows.height();
-    for r in 0..n {
-        let counter = (64 * (row0 + r + 1)) as u32;
-        let f0 = if finalize && r + 1 == n { u32::MAX } else { 0 };
-        let next = blake2s_compress(&state, &rows.chunk_words(r, c), counter, 0, f0, 0);
-        state.copy_from_slice(&next);
-    }
-    state
 }
 
 const SEGMENT_MAGIC: &[u8; 4] = b"SSSG";
@@ -945,19 +941,137 @@ impl RootInput {
     }
 }
 
-/// The inputs of one segment of `stream`, planned natively from the whole job.
-#[derive(Debug)]
-pub struct Planner<'a> {
+/// Binds X and Y as they stream past, a block of inputs (and their outputs) at a time: their
+/// chains advance block by block, so a planner needs only one block of X and Y in memory.
+#[derive(Debug, Clone)]
+pub struct Binder {
+    shape: Shape,
+    x: Vec<[u32; 8]>,
+    y: Vec<[u32; 8]>,
+    rows: usize,
+}
+
+impl Binder {
+    pub fn new(shape: Shape) -> Binder {
+        Binder {
+            shape,
+            x: vec![INITIAL_STATE; Stream::Inputs.chunks(&shape)],
+            y: vec![INITIAL_STATE; Stream::Outputs.chunks(&shape)],
+            rows: 0,
+        }
+    }
+
+    /// Inputs absorbed so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Absorbs the next inputs (rows of X) and their outputs (the same rows of Y).
+    pub fn absorb(&mut self, x: &Rows, y: &Rows) -> Result<(), String> {
+        let s = &self.shape;
+        let n = x.height();
+        if y.height() != n || x.width() != s.k || y.width() != s.m || self.rows + n > s.b {
+            return Err(format!(
+                "a block of {n} inputs of {} and {} outputs of {} after {} of {}x{} and {}x{}",
+                x.width(),
+                y.height(),
+                y.width(),
+                self.rows,
+                s.b,
+                s.k,
+                s.b,
+                s.m
+            ));
+        }
+        let last = self.rows + n == s.b;
+        absorb(x, &mut self.x, self.rows, last);
+        absorb(y, &mut self.y, self.rows, last);
+        self.rows += n;
+        Ok(())
+    }
+
+    /// The job's statement once every input is absorbed: A's commitment (from `at` = Aᵀ), the
+    /// three commitments, the seed, the challenges and v = σᵀA.
+    pub fn finish(self, a: &Rows, at: &Rows) -> Result<Statement, String> {
+        if self.rows != self.shape.b {
+            return Err(format!("{} of {} inputs absorbed", self.rows, self.shape.b));
+        }
+        let shape = self.shape;
+        let com_a = commitment(Stream::Weights, &shape, &chain_digests(at));
+        let digests =
+            |states: Vec<[u32; 8]>| -> Vec<Digest> { states.into_iter().map(Digest).collect() };
+        let com_x = commitment(Stream::Inputs, &shape, &digests(self.x));
+        let com_y = commitment(Stream::Outputs, &shape, &digests(self.y));
+        let seed = seed(&shape, &com_a, &com_x, &com_y);
+        let sigma = challenge(&seed, 1);
+        let rho = challenge(&seed, 2);
+        let v = weights_vector(a, &sigma);
+        Ok(Statement {
+            shape,
+            commitments: [com_a, com_x, com_y],
+            seed,
+            sigma,
+            rho,
+            v,
+        })
+    }
+}
+
+/// What a batch job states and every segment shares: the shape, the commitments of A, X and Y,
+/// the seed, the challenges σ and ρ, and v = σᵀA.
+#[derive(Debug, Clone)]
+pub struct Statement {
     pub shape: Shape,
-    pub at: Rows,
-    pub x: &'a Rows,
-    pub y: &'a Rows,
-    /// The commitments of A, X and Y.
     pub commitments: [Digest; 3],
     pub seed: Digest,
     pub sigma: Felt252,
     pub rho: Felt252,
     pub v: Vec<Felt252>,
+}
+
+impl Statement {
+    /// The input of the segment of `stream` whose rows, starting at stream row `row0`, are
+    /// `data`, its chains continuing from `states`.
+    pub fn segment(
+        &self,
+        stream: Stream,
+        row0: usize,
+        data: Rows,
+        states: Vec<[u32; 8]>,
+    ) -> SegmentInput {
+        let v_words = if stream == Stream::Inputs {
+            self.v.iter().flat_map(words_of_felt).collect()
+        } else {
+            Vec::new()
+        };
+        SegmentInput {
+            stream,
+            shape: self.shape,
+            row0,
+            data,
+            sigma: self.sigma,
+            rho: self.rho,
+            states,
+            v_words,
+        }
+    }
+}
+
+/// The inputs of one segment of `stream`, planned natively from the whole job held in memory
+/// (`starkscale bench batch`, tests); the fleet plans from X and Y streamed in blocks.
+#[derive(Debug)]
+pub struct Planner<'a> {
+    pub statement: Statement,
+    pub at: Rows,
+    pub x: &'a Rows,
+    pub y: &'a Rows,
+}
+
+impl std::ops::Deref for Planner<'_> {
+    type Target = Statement;
+    fn deref(&self) -> &Statement {
+        &self.statement
+    }
 }
 
 impl<'a> Planner<'a> {
@@ -969,23 +1083,17 @@ impl<'a> Planner<'a> {
             b: x.height(),
         };
         let at = a.transpose_i8();
-        let com_a = commitment(Stream::Weights, &shape, &chain_digests(&at));
-        let com_x = commit(Stream::Inputs, &shape, x);
-        let com_y = commit(Stream::Outputs, &shape, y);
-        let seed = seed(&shape, &com_a, &com_x, &com_y);
-        let sigma = challenge(&seed, 1);
-        let rho = challenge(&seed, 2);
-        let v = weights_vector(a, &sigma);
+        let mut binder = Binder::new(shape);
+        // Whole streams of the shape just read off them: absorbing cannot fail.
+        let statement = binder
+            .absorb(x, y)
+            .and_then(|()| binder.finish(a, &at))
+            .unwrap_or_else(|e| unreachable!("a whole job binds: {e}"));
         Planner {
-            shape,
+            statement,
             at,
             x,
             y,
-            commitments: [com_a, com_x, com_y],
-            seed,
-            sigma,
-            rho,
-            v,
         }
     }
 
@@ -1011,40 +1119,20 @@ impl<'a> Planner<'a> {
                 }
                 _ => chain_states(all, spec.row0),
             };
-            let input = self.segment_from(spec.stream, spec.row0, spec.rows, states.clone());
+            let data = all.slice(spec.row0, spec.rows);
+            let input = self
+                .statement
+                .segment(spec.stream, spec.row0, data, states.clone());
             at = Some((spec.stream, spec.row0, states));
             input
         })
     }
 
     pub fn segment(&self, stream: Stream, row0: usize, rows: usize) -> SegmentInput {
-        let states = chain_states(self.rows(stream), row0);
-        self.segment_from(stream, row0, rows, states)
-    }
-
-    fn segment_from(
-        &self,
-        stream: Stream,
-        row0: usize,
-        rows: usize,
-        states: Vec<[u32; 8]>,
-    ) -> SegmentInput {
         let all = self.rows(stream);
-        let v_words = if stream == Stream::Inputs {
-            self.v.iter().flat_map(words_of_felt).collect()
-        } else {
-            Vec::new()
-        };
-        SegmentInput {
-            stream,
-            shape: self.shape,
-            row0,
-            data: all.slice(row0, rows),
-            sigma: self.sigma,
-            rho: self.rho,
-            states,
-            v_words,
-        }
+        let states = chain_states(all, row0);
+        self.statement
+            .segment(stream, row0, all.slice(row0, rows), states)
     }
 }
 

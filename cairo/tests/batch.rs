@@ -304,3 +304,40 @@ fn planned_segments_of_multi_chunk_streams_run_to_their_expected_outputs() {
         );
     }
 }
+
+#[test]
+fn binding_x_and_y_in_blocks_states_what_binding_them_whole_does() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+    let (m, k, b) = (21, 75, 7);
+    let a = random_i8(&mut rng, m, k);
+    let x = random_i8(&mut rng, b, k);
+    let y = batch::multiply(&a, &x);
+    let whole = Planner::new(&a, &x, &y);
+    let mut binder = batch::Binder::new(whole.shape);
+    for (row0, rows) in [(0, 3), (3, 1), (4, 3)] {
+        binder
+            .absorb(&x.slice(row0, rows), &y.slice(row0, rows))
+            .expect("a block of the job");
+    }
+    // A block past the batch is refused; so is finishing early.
+    let mut extra = binder.clone();
+    assert!(extra.absorb(&x.slice(0, 1), &y.slice(0, 1)).is_err());
+    let mut early = batch::Binder::new(whole.shape);
+    early.absorb(&x.slice(0, 2), &y.slice(0, 2)).unwrap();
+    assert!(early.finish(&a, &whole.at).is_err());
+    let blocks = binder.finish(&a, &whole.at).expect("every input absorbed");
+    assert_eq!(blocks.commitments, whole.commitments);
+    assert_eq!(
+        blocks.commitments[1],
+        batch::commit(Stream::Inputs, &whole.shape, &x)
+    );
+    assert_eq!(
+        blocks.commitments[2],
+        batch::commit(Stream::Outputs, &whole.shape, &y)
+    );
+    assert_eq!(
+        (blocks.seed, blocks.sigma, blocks.rho),
+        (whole.seed, whole.sigma, whole.rho)
+    );
+    assert_eq!(blocks.v, whole.v);
+}

@@ -228,17 +228,28 @@ impl JobSpec {
         &self,
         fetched: (Option<&[u8]>, Option<&[u8]>),
     ) -> Result<(Matrix, Operand), JobError> {
-        let a = match &self.a {
+        let a = self.load_a(fetched.0)?;
+        let x = self.load_x(fetched.1)?;
+        Ok((a, x))
+    }
+
+    /// A, inline or read from its path; by Redis key, from `fetched`.
+    pub fn load_a(&self, fetched: Option<&[u8]>) -> Result<Matrix, JobError> {
+        match &self.a {
             MatrixInput::Inline(rows) => Matrix::from_rows(rows, self.dtype),
             MatrixInput::Path(p) => Matrix::load(Path::new(p), self.dtype),
-            MatrixInput::RedisKey(_) => match fetched.0 {
+            MatrixInput::RedisKey(_) => match fetched {
                 Some(bytes) => Matrix::from_bytes(bytes, self.dtype),
                 None => return Err(JobError::NotFetched { what: "a" }),
             },
         }
-        .map_err(|source| JobError::Input { what: "a", source })?;
+        .map_err(|source| JobError::Input { what: "a", source })
+    }
+
+    /// x, inline or read from its path; by Redis key, from `fetched`.
+    pub fn load_x(&self, fetched: Option<&[u8]>) -> Result<Operand, JobError> {
         let input = |source| JobError::Input { what: "x", source };
-        let x = match (self.kind, &self.x) {
+        match (self.kind, &self.x) {
             (JobKind::Matvec, VectorInput::Inline(InlineX::Vector(values))) => {
                 Vector::new(self.dtype, values.clone()).map(Operand::Vector)
             }
@@ -261,7 +272,7 @@ impl JobSpec {
             (JobKind::Matmul, VectorInput::Path(p)) => {
                 Matrix::load(Path::new(p), self.dtype).map(Operand::Batch)
             }
-            (kind, VectorInput::RedisKey(_)) => match (kind, fetched.1) {
+            (kind, VectorInput::RedisKey(_)) => match (kind, fetched) {
                 (JobKind::Matvec, Some(bytes)) => {
                     Vector::from_bytes(bytes, self.dtype).map(Operand::Vector)
                 }
@@ -271,8 +282,7 @@ impl JobSpec {
                 (_, None) => return Err(JobError::NotFetched { what: "x" }),
             },
         }
-        .map_err(input)?;
-        Ok((a, x))
+        .map_err(input)
     }
 
     /// The Redis keys A and x are referenced by, if they are.
@@ -349,10 +359,19 @@ pub fn check_shapes(
     tile_rows: usize,
     limits: &JobLimits,
 ) -> Result<(), JobError> {
-    let x = match x {
-        Operand::Vector(x) => x,
-        Operand::Batch(x) => return check_batch_shapes(a, x, limits),
-    };
+    match x {
+        Operand::Vector(x) => check_vector_shapes(a, x, tile_rows, limits),
+        Operand::Batch(x) => check_batch_shapes(a, (x.rows(), x.cols()), limits),
+    }
+}
+
+/// A matvec job's shape and sizes: x as long as A's rows, A and its tiles within the limits.
+pub fn check_vector_shapes(
+    a: &Matrix,
+    x: &Vector,
+    tile_rows: usize,
+    limits: &JobLimits,
+) -> Result<(), JobError> {
     if a.cols() != x.len() {
         return Err(JobError::Shape(format!(
             "A is {}x{} but x has {} entries",
@@ -378,20 +397,22 @@ pub fn check_shapes(
     Ok(())
 }
 
-/// A matmul job's shape and sizes: X holds inputs of A's width, and A, X and Y fit the limits.
-/// (Its task count is checked once its segments are planned.)
-fn check_batch_shapes(a: &Matrix, x: &Matrix, limits: &JobLimits) -> Result<(), JobError> {
-    if a.cols() != x.cols() {
+/// A matmul job's shape and sizes: X (`x_rows` × `x_cols`) holds inputs of A's width, and A, X
+/// and Y fit the limits. (Its task count is checked once its segments are planned.)
+pub fn check_batch_shapes(
+    a: &Matrix,
+    (x_rows, x_cols): (usize, usize),
+    limits: &JobLimits,
+) -> Result<(), JobError> {
+    if a.cols() != x_cols || x_rows == 0 {
         return Err(JobError::Shape(format!(
-            "A is {}x{} but X holds inputs of {} entries (X is {}x{}, one input per row)",
+            "A is {}x{} but X holds {x_rows} inputs of {x_cols} entries (X is B x K, one input \
+             per row)",
             a.rows(),
             a.cols(),
-            x.cols(),
-            x.rows(),
-            x.cols()
         )));
     }
-    let (m, k, b) = (a.rows(), a.cols(), x.rows());
+    let (m, k, b) = (a.rows(), a.cols(), x_rows);
     if m > MAX_BATCH_DIM || b > MAX_BATCH_DIM || k > MAX_BATCH_K {
         return Err(JobError::Limit(format!(
             "a {m}x{k} A over {b} inputs: M and B must be at most {MAX_BATCH_DIM} and K (so \

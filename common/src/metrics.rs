@@ -65,6 +65,7 @@ const BOTH: &[Role] = &[Role::Coordinator, Role::Worker];
 /// Values of the `op` label of [`REDIS_OP_DURATION`].
 pub const REDIS_OPS: &[&str] = &[
     "get", "set", "set_many", "set_nx", "hset", "hgetall", "hdel", "ttl", "del", "exists", "lease",
+    "strlen", "getrange", "append",
 ];
 /// Values of the `what` label of [`REDRIVEN`]: what the reconcile pass found undone.
 pub const REDRIVE_KINDS: &[&str] = &["task", "replan", "finish", "result", "deadline"];

@@ -73,7 +73,9 @@ impl Dtype {
             other => Err(TensorError::UnsupportedDtype(other.to_string())),
         }
     }
-    fn check(self, value: i128, index: usize) -> Result<i64, TensorError> {
+
+    /// `value`, entry `index` of an input, if it is within the dtype's range.
+    pub fn check(self, value: i128, index: usize) -> Result<i64, TensorError> {
         if value < self.min() as i128 || value > self.max() as i128 {
             return Err(TensorError::OutOfRange {
                 value,
@@ -367,80 +369,134 @@ pub mod npy {
         bytes: &[u8],
         check: impl Fn(i128, usize) -> Result<i64, TensorError>,
     ) -> Result<(Vec<usize>, Vec<i64>), TensorError> {
-        let err = |m: &str| TensorError::Npy(m.to_string());
-        if !bytes.starts_with(MAGIC) || bytes.len() < 10 {
-            return Err(err("missing NUMPY magic"));
-        }
-        let major = bytes[6];
-        let (header_len, start) = match major {
-            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-            2 | 3 => {
-                if bytes.len() < 12 {
-                    return Err(err("truncated header"));
-                }
-                (
-                    u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-                    12,
-                )
-            }
-            v => return Err(TensorError::Npy(format!("unsupported version {v}"))),
-        };
-        let header = bytes
-            .get(start..start + header_len)
-            .ok_or_else(|| err("truncated header"))?;
-        let header = std::str::from_utf8(header).map_err(|_| err("header is not UTF-8"))?;
-        let descr = dict_value(header, "descr").ok_or_else(|| err("no 'descr' in header"))?;
-        let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-        let fortran =
-            dict_value(header, "fortran_order").ok_or_else(|| err("no 'fortran_order'"))?;
-        if fortran.trim() != "False" {
-            return Err(err(
-                "Fortran-ordered arrays are not supported; save with C order",
-            ));
-        }
-        let shape =
-            parse_shape(&dict_value(header, "shape").ok_or_else(|| err("no 'shape' in header"))?)?;
-        let (width, signed) = match descr {
-            "|i1" | "i1" | "<i1" => (1, true),
-            "|u1" | "u1" | "<u1" => (1, false),
-            "<i2" => (2, true),
-            "<u2" => (2, false),
-            "<i4" => (4, true),
-            "<u4" => (4, false),
-            "<i8" => (8, true),
-            "<u8" => (8, false),
-            other => {
-                return Err(TensorError::Npy(format!(
-                    "unsupported dtype '{other}' (little-endian integers only)"
-                )))
-            }
-        };
-        let count = shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| err("shape overflows"))?;
-        let body = &bytes[start + header_len..];
-        if Some(body.len()) != count.checked_mul(width) {
+        let header = Header::parse(bytes)?;
+        let body = &bytes[header.data_start..];
+        if Some(body.len()) != header.data_bytes() {
             return Err(TensorError::Npy(format!(
-                "shape {shape:?} needs {} data bytes, file has {}",
-                count.saturating_mul(width),
+                "shape {:?} needs {} data bytes, file has {}",
+                header.shape,
+                header.data_bytes().unwrap_or(usize::MAX),
                 body.len()
             )));
         }
-        let mut values = Vec::with_capacity(count);
-        for (i, chunk) in body.chunks_exact(width).enumerate() {
-            let mut buf = [0u8; 8];
-            buf[..width].copy_from_slice(chunk);
-            let raw = u64::from_le_bytes(buf);
-            let v: i128 = if signed {
-                let shift = 64 - 8 * width as u32;
-                (((raw << shift) as i64) >> shift) as i128
-            } else {
-                raw as i128
+        let values = header.decode(body, 0, check)?;
+        Ok((header.shape, values))
+    }
+
+    /// An array's header: what a reader needs to take its entries a few rows at a time.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Header {
+        pub shape: Vec<usize>,
+        /// Bytes per entry.
+        pub width: usize,
+        pub signed: bool,
+        /// Where the entries start.
+        pub data_start: usize,
+    }
+
+    /// Bytes of an array's start that always hold its header (a reader fetches this much
+    /// first, then more only for a header longer than usual).
+    pub const HEADER_PROBE: usize = 128;
+
+    impl Header {
+        /// Parses the header at the start of `bytes` (the entries need not follow).
+        pub fn parse(bytes: &[u8]) -> Result<Header, TensorError> {
+            let err = |m: &str| TensorError::Npy(m.to_string());
+            if !bytes.starts_with(MAGIC) || bytes.len() < 10 {
+                return Err(err("missing NUMPY magic"));
+            }
+            let (header_len, start) = Header::length(bytes)?;
+            let header = bytes
+                .get(start..start + header_len)
+                .ok_or_else(|| err("truncated header"))?;
+            let header = std::str::from_utf8(header).map_err(|_| err("header is not UTF-8"))?;
+            let descr = dict_value(header, "descr").ok_or_else(|| err("no 'descr' in header"))?;
+            let descr = descr.trim_matches(|c| c == '\'' || c == '"');
+            let fortran =
+                dict_value(header, "fortran_order").ok_or_else(|| err("no 'fortran_order'"))?;
+            if fortran.trim() != "False" {
+                return Err(err(
+                    "Fortran-ordered arrays are not supported; save with C order",
+                ));
+            }
+            let shape = parse_shape(
+                &dict_value(header, "shape").ok_or_else(|| err("no 'shape' in header"))?,
+            )?;
+            let (width, signed) = match descr {
+                "|i1" | "i1" | "<i1" => (1, true),
+                "|u1" | "u1" | "<u1" => (1, false),
+                "<i2" => (2, true),
+                "<u2" => (2, false),
+                "<i4" => (4, true),
+                "<u4" => (4, false),
+                "<i8" => (8, true),
+                "<u8" => (8, false),
+                other => {
+                    return Err(TensorError::Npy(format!(
+                        "unsupported dtype '{other}' (little-endian integers only)"
+                    )))
+                }
             };
-            values.push(check(v, i)?);
+            Ok(Header {
+                shape,
+                width,
+                signed,
+                data_start: start + header_len,
+            })
         }
-        Ok((shape, values))
+
+        /// The header dict's length and where it starts, from the first 12 bytes.
+        pub fn length(bytes: &[u8]) -> Result<(usize, usize), TensorError> {
+            let err = |m: &str| TensorError::Npy(m.to_string());
+            if !bytes.starts_with(MAGIC) || bytes.len() < 10 {
+                return Err(err("missing NUMPY magic"));
+            }
+            match bytes[6] {
+                1 => Ok((u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)),
+                2 | 3 => {
+                    let b = bytes.get(8..12).ok_or_else(|| err("truncated header"))?;
+                    Ok((u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12))
+                }
+                v => Err(TensorError::Npy(format!("unsupported version {v}"))),
+            }
+        }
+
+        /// Entries in all.
+        pub fn count(&self) -> Option<usize> {
+            self.shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        }
+
+        /// Bytes of entries the shape needs.
+        pub fn data_bytes(&self) -> Option<usize> {
+            self.count()?.checked_mul(self.width)
+        }
+
+        /// Decodes whole entries of `body`, the first being entry `first` of the array (for
+        /// the index `check` reports).
+        pub fn decode(
+            &self,
+            body: &[u8],
+            first: usize,
+            check: impl Fn(i128, usize) -> Result<i64, TensorError>,
+        ) -> Result<Vec<i64>, TensorError> {
+            let width = self.width;
+            let mut values = Vec::with_capacity(body.len() / width);
+            for (i, chunk) in body.chunks_exact(width).enumerate() {
+                let mut buf = [0u8; 8];
+                buf[..width].copy_from_slice(chunk);
+                let raw = u64::from_le_bytes(buf);
+                let v: i128 = if self.signed {
+                    let shift = 64 - 8 * width as u32;
+                    (((raw << shift) as i64) >> shift) as i128
+                } else {
+                    raw as i128
+                };
+                values.push(check(v, first + i)?);
+            }
+            Ok(values)
+        }
     }
 
     /// Serializes a C-order little-endian int32 array (a batch job's Y).

@@ -9,7 +9,7 @@ use starkscale_common::broker::{
     AmqpBroker, Broker, BrokerError, Consumer, Delivery, Headers, Topology, DELIVERY_LIMIT,
 };
 use starkscale_common::config::{unique_prefix, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
-use starkscale_common::store::{RedisStore, Store};
+use starkscale_common::store::{MemoryStore, RedisStore, Store};
 
 async fn next(consumer: &mut Consumer) -> Delivery {
     tokio::time::timeout(Duration::from_secs(10), consumer.next())
@@ -239,4 +239,32 @@ async fn redis_writes_expire_and_put_if_absent_is_idempotent() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(store.get(&key).await.unwrap(), None, "expired");
     assert_eq!(store.delete(&[key]).await.unwrap(), 0);
+}
+
+/// A large value written a block at a time and read back by ranges, in both stores alike.
+#[tokio::test]
+async fn values_are_appended_and_read_by_ranges_with_their_ttl() {
+    async fn check<S: Store>(store: S, key: &str) {
+        assert_eq!(store.len(key).await.unwrap(), 0);
+        assert!(store.get_range(key, 0, 10).await.unwrap().is_empty());
+        store
+            .append(key, b"header|", Duration::from_secs(60))
+            .await
+            .unwrap();
+        store
+            .append(key, b"0123456789", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(store.len(key).await.unwrap(), 17);
+        assert_eq!(store.get_range(key, 7, 4).await.unwrap(), b"0123");
+        assert_eq!(store.get_range(key, 15, 10).await.unwrap(), b"89");
+        assert!(store.get_range(key, 17, 3).await.unwrap().is_empty());
+        assert!(store.get_range(key, 3, 0).await.unwrap().is_empty());
+        let ttl = store.ttl(key).await.unwrap().expect("appending sets a TTL");
+        assert!((1..=60).contains(&ttl));
+        store.delete(&[key.to_string()]).await.unwrap();
+    }
+    let key = unique_prefix("append");
+    check(RedisStore::connect(DEFAULT_REDIS_URL).await.unwrap(), &key).await;
+    check(MemoryStore::new(), &key).await;
 }

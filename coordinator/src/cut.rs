@@ -1,21 +1,30 @@
-//! Cutting a loaded job into task inputs and the record that says what each proof must state:
-//! map tiles for a matvec job (and a matmul job of one input), batch segments for a matmul job.
-//! Pure and CPU-bound: [`crate::intake`] runs it on the blocking pool and stores what it returns.
+//! Cutting a job into task inputs and the record that says what each proof must state: map
+//! tiles for a matvec job (and a matmul job of one input), batch segments for a matmul job.
+//! CPU-bound: [`crate::intake`] runs it on the blocking pool. A matmul job's X is read and
+//! bound a block of inputs at a time ([`Batch`]), and its Y written to the store as it is
+//! computed, so planning holds only A and one block of X and Y.
+
+use std::time::Duration;
 
 use starkscale_cairo::batch::{
-    expected_output, multiply, plan_segments, Planner, Rows, DEFAULT_SEGMENT_BLOCKS,
+    absorb, expected_output, multiply, plan_segments, Binder, Rows, Shape, Stream,
+    DEFAULT_SEGMENT_BLOCKS, INITIAL_STATE,
 };
 use starkscale_cairo::encoding::{a_digest, fact, x_digest};
 use starkscale_cairo::program::Pinned;
-use starkscale_common::job::{JobError, Operand};
+use starkscale_common::job::JobError;
 use starkscale_common::messages::{
     BatchLayout, Keys, Layout, SegmentRecord, TileInputBlob, TileLayout,
 };
+use starkscale_common::store::Store;
 use starkscale_common::tensor::npy;
-use starkscale_common::{JobLimits, Matrix, TilePlan, Vector};
+use starkscale_common::{Dtype, JobLimits, Matrix, TensorError, TilePlan, Vector};
+use tokio::runtime::Handle;
 
-/// A job cut into tasks: its layout, and the keyed values to store before its tasks go out
-/// (each planned task's input; for a matmul job also Y).
+use crate::intake::Refusal;
+
+/// A job cut into tasks: its layout, and the keyed values still to store before its tasks go
+/// out (a tile job's inputs; a matmul job's are stored while it is cut).
 pub(crate) struct Cut {
     pub layout: Layout,
     pub values: Vec<(String, Vec<u8>)>,
@@ -29,24 +38,12 @@ pub(crate) struct CutOptions<'a> {
     pub fan_in: usize,
     pub segment_blocks: Option<usize>,
     pub limits: &'a JobLimits,
+    /// Entries of X (and of Y) held at a time while a matmul job is bound.
+    pub block_entries: usize,
 }
 
-/// Cuts a job whose inputs passed `check_shapes`.
-pub(crate) fn cut(a: &Matrix, x: &Operand, options: &CutOptions) -> Result<Cut, JobError> {
-    match x {
-        Operand::Vector(x) => Ok(cut_tiles(a, x, options, false)),
-        // One input: the tile kernel proves it at ~1 step per multiply-add, where the batch
-        // protocol would hash all of A at ~6 steps per entry (`docs/bench.md`).
-        Operand::Batch(x) if x.rows() == 1 => {
-            let row = Vector::new(x.dtype(), x.row(0).to_vec())
-                .map_err(|source| JobError::Input { what: "x", source })?;
-            Ok(cut_tiles(a, &row, options, true))
-        }
-        Operand::Batch(x) => cut_batch(a, x, options),
-    }
-}
-
-fn cut_tiles(a: &Matrix, x: &Vector, options: &CutOptions, matmul: bool) -> Cut {
+/// Map tiles of A with x; `matmul` marks a matmul job of one input, whose y is also its Y.
+pub(crate) fn cut_tiles(a: &Matrix, x: &Vector, options: &CutOptions, matmul: bool) -> Cut {
     let plan = TilePlan::new(a.rows(), a.cols(), options.tile_rows);
     let mut values = Vec::with_capacity(plan.len());
     let mut a_digests = Vec::with_capacity(plan.len());
@@ -78,48 +75,218 @@ fn cut_tiles(a: &Matrix, x: &Vector, options: &CutOptions, matmul: bool) -> Cut 
     Cut { layout, values }
 }
 
-/// Y computed natively, the three streams committed, the challenges derived, and each segment's
-/// input and honest fact: the coordinator then accepts a segment proof by its fact alone.
-fn cut_batch(a: &Matrix, x: &Matrix, options: &CutOptions) -> Result<Cut, JobError> {
-    let a = Rows::int8(a.cols(), a.data());
-    let x = Rows::int8(x.cols(), x.data());
-    let y = multiply(&a, &x);
-    let planner = Planner::new(&a, &x, &y);
+/// Where a matmul job's X is read from, a block of inputs at a time: a `.npy` file or Redis
+/// value read by ranges, or inputs already in memory (inline, or JSON).
+pub(crate) enum Batch {
+    Loaded(Matrix),
+    File { path: String, header: npy::Header },
+    Stored { key: String, header: npy::Header },
+}
+
+/// Reads a block of X's rows.
+struct Reader<'a, S> {
+    batch: &'a Batch,
+    file: Option<std::fs::File>,
+    store: &'a S,
+    runtime: &'a Handle,
+}
+
+impl Batch {
+    /// (B, K).
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Batch::Loaded(x) => (x.rows(), x.cols()),
+            Batch::File { header, .. } | Batch::Stored { header, .. } => {
+                (header.shape[0], header.shape[1])
+            }
+        }
+    }
+
+    /// The first input, as a vector (a batch of one is proven as a matvec).
+    pub fn first_input<S: Store>(&self, store: &S, runtime: &Handle) -> Result<Vector, Refusal> {
+        let mut reader = Reader {
+            batch: self,
+            file: None,
+            store,
+            runtime,
+        };
+        let row = reader.read(0, 1)?;
+        let values: Vec<i64> = (0..row.width()).map(|c| row.get(0, c)).collect();
+        Vector::new(Dtype::I8, values)
+            .map_err(|source| JobError::Input { what: "x", source }.into())
+    }
+}
+
+impl<S: Store> Reader<'_, S> {
+    fn read(&mut self, row0: usize, rows: usize) -> Result<Rows, Refusal> {
+        let (_, k) = self.batch.shape();
+        let input = |source| JobError::Input { what: "x", source };
+        let (header, bytes) = match self.batch {
+            Batch::Loaded(x) => {
+                let data = &x.data()[row0 * k..(row0 + rows) * k];
+                return Ok(Rows::int8(k, data));
+            }
+            Batch::File { path, header } => {
+                use std::io::{Read, Seek, SeekFrom};
+                let io = |source| {
+                    input(TensorError::Io {
+                        path: path.clone(),
+                        source,
+                    })
+                };
+                if self.file.is_none() {
+                    self.file = Some(std::fs::File::open(path).map_err(io)?);
+                }
+                let Some(file) = self.file.as_mut() else {
+                    return Err(JobError::Limit("x: file not open".into()).into());
+                };
+                let start = header.data_start + row0 * k * header.width;
+                let mut bytes = vec![0u8; rows * k * header.width];
+                file.seek(SeekFrom::Start(start as u64)).map_err(io)?;
+                file.read_exact(&mut bytes).map_err(io)?;
+                (header, bytes)
+            }
+            Batch::Stored { key, header } => {
+                let start = header.data_start + row0 * k * header.width;
+                let len = rows * k * header.width;
+                let bytes =
+                    self.runtime
+                        .block_on(self.store.get_range(key, start as u64, len as u64))?;
+                if bytes.len() != len {
+                    return Err(JobError::MissingReference {
+                        what: "x",
+                        key: key.clone(),
+                    }
+                    .into());
+                }
+                (header, bytes)
+            }
+        };
+        let values = header
+            .decode(&bytes, row0 * k, |v, i| Dtype::I8.check(v, i))
+            .map_err(input)?;
+        Ok(Rows::int8(k, &values))
+    }
+}
+
+/// Inputs per block while binding X and Y: at most `entries` of X and of Y at a time (at
+/// least one input).
+fn block_rows(shape: &Shape, entries: usize) -> usize {
+    (entries / shape.k.max(shape.m).max(1)).max(1)
+}
+
+/// Bytes of task inputs gathered before they are written.
+const WRITE_BATCH_BYTES: usize = 32 << 20;
+
+/// Plans a matmul job reading X a block of inputs at a time. Pass 1 computes each block's
+/// outputs, advances the X and Y chains and appends the block of Y to its key; the
+/// commitments, seed and challenges follow. Pass 2 cuts the segments, reading each one's rows
+/// (of Aᵀ, X, or Y back from the store), computes its honest output and writes its input, in
+/// bounded batches. Neither pass holds more than a block of X or Y.
+pub(crate) fn cut_batch<S: Store>(
+    store: &S,
+    runtime: &Handle,
+    a: &Matrix,
+    batch: &Batch,
+    options: &CutOptions,
+    ttl: Duration,
+) -> Result<Layout, Refusal> {
+    let (b, k) = batch.shape();
+    let shape = Shape { m: a.rows(), k, b };
+    let mut reader = Reader {
+        batch,
+        file: None,
+        store,
+        runtime,
+    };
+    let a_rows = Rows::int8(a.cols(), a.data());
+    let at = a_rows.transpose_i8();
+    let y_key = options.keys.y(options.job_id);
+    runtime.block_on(store.put(&y_key, &npy::write_i32(&[b, shape.m], &[]), ttl))?;
+    let y_start = runtime.block_on(store.len(&y_key))? as usize;
+    let per = block_rows(&shape, options.block_entries);
+    let mut binder = Binder::new(shape);
+    let mut row0 = 0;
+    while row0 < b {
+        let rows = per.min(b - row0);
+        let x = reader.read(row0, rows)?;
+        let y = multiply(&a_rows, &x);
+        binder.absorb(&x, &y).map_err(JobError::Shape)?;
+        let Rows::I32 { data, .. } = &y else {
+            return Err(JobError::Limit("Y is not int32".into()).into());
+        };
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        runtime.block_on(store.append(&y_key, &bytes, ttl))?;
+        row0 += rows;
+    }
+    let statement = binder.finish(&a_rows, &at).map_err(JobError::Shape)?;
     let blocks = options.segment_blocks.unwrap_or(DEFAULT_SEGMENT_BLOCKS);
-    let specs = plan_segments(&planner.shape, blocks);
+    let specs = plan_segments(&shape, blocks);
     if specs.len() + 1 > options.limits.max_tiles {
         return Err(JobError::Limit(format!(
             "the job needs {} segment tasks, over the {} limit",
             specs.len() + 1,
             options.limits.max_tiles
-        )));
+        ))
+        .into());
     }
     let program = Pinned::Batch.hash();
-    let mut values = Vec::with_capacity(specs.len() + 1);
     let mut segments = Vec::with_capacity(specs.len());
-    for (task, (spec, input)) in specs.iter().zip(planner.segments(&specs)).enumerate() {
-        let output = expected_output(&input, &planner.v);
+    let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut pending_bytes = 0;
+    let mut states: Option<(Stream, Vec<[u32; 8]>)> = None;
+    for (task, spec) in specs.iter().enumerate() {
+        let data = match spec.stream {
+            Stream::Weights => at.slice(spec.row0, spec.rows),
+            Stream::Inputs => reader.read(spec.row0, spec.rows)?,
+            Stream::Outputs => {
+                let start = y_start + spec.row0 * shape.m * 4;
+                let len = spec.rows * shape.m * 4;
+                let bytes = runtime.block_on(store.get_range(&y_key, start as u64, len as u64))?;
+                if bytes.len() != len {
+                    return Err(JobError::MissingReference {
+                        what: "Y",
+                        key: y_key.clone(),
+                    }
+                    .into());
+                }
+                Rows::I32 {
+                    width: shape.m,
+                    data: bytes
+                        .chunks_exact(4)
+                        .map(|w| i32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                        .collect(),
+                }
+            }
+        };
+        // Segments come stream by stream, top to bottom: each continues its predecessor's
+        // chains.
+        let before = match states.take() {
+            Some((stream, s)) if stream == spec.stream => s,
+            _ => vec![INITIAL_STATE; spec.stream.chunks(&shape)],
+        };
+        let mut after = before.clone();
+        absorb(&data, &mut after, spec.row0, false);
+        let input = statement.segment(spec.stream, spec.row0, data, before);
+        let output = expected_output(&input, &statement.v);
+        states = Some((spec.stream, after));
         segments.push(SegmentRecord {
             stream: spec.stream.kind(),
             row0: spec.row0,
             rows: spec.rows,
             fact: fact(&program, &output).to_hex(),
         });
-        values.push((
-            options.keys.task_input(options.job_id, task),
-            input.to_bytes(),
-        ));
+        let bytes = input.to_bytes();
+        pending_bytes += bytes.len();
+        pending.push((options.keys.task_input(options.job_id, task), bytes));
+        if pending_bytes >= WRITE_BATCH_BYTES {
+            runtime.block_on(store.put_all(std::mem::take(&mut pending), ttl))?;
+            pending_bytes = 0;
+        }
     }
-    let shape = planner.shape;
-    let Rows::I32 { data, .. } = &y else {
-        return Err(JobError::Limit("Y is not int32".into()));
-    };
-    values.push((
-        options.keys.y(options.job_id),
-        npy::write_i32(&[shape.b, shape.m], data),
-    ));
-    let [com_a, com_x, com_y] = planner.commitments;
-    let layout = Layout::Batch(BatchLayout {
+    runtime.block_on(store.put_all(pending, ttl))?;
+    let [com_a, com_x, com_y] = statement.commitments;
+    Ok(Layout::Batch(BatchLayout {
         m: shape.m,
         k: shape.k,
         b: shape.b,
@@ -127,6 +294,93 @@ fn cut_batch(a: &Matrix, x: &Matrix, options: &CutOptions) -> Result<Cut, JobErr
         x_commitment: com_x.to_hex(),
         y_commitment: com_y.to_hex(),
         segments,
-    });
-    Ok(Cut { layout, values })
+    }))
+}
+
+impl Batch {
+    /// X of a matmul job as a reader takes it: the header of a `.npy` file, read and checked
+    /// against the file's size; anything else loaded whole by the caller.
+    pub fn open_file(path: &str) -> Result<Option<Batch>, JobError> {
+        use std::io::Read;
+        let input = |source| JobError::Input { what: "x", source };
+        let io = |source| {
+            input(TensorError::Io {
+                path: path.to_string(),
+                source,
+            })
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let size = file.metadata().map_err(io)?.len();
+        let mut probe = Vec::new();
+        (&mut file)
+            .take(npy::HEADER_PROBE as u64)
+            .read_to_end(&mut probe)
+            .map_err(io)?;
+        if !probe.starts_with(npy::MAGIC) {
+            return Ok(None);
+        }
+        let (len, start) = npy::Header::length(&probe).map_err(input)?;
+        if start + len > probe.len() && (start + len) as u64 <= size {
+            (&mut file)
+                .take((start + len - probe.len()) as u64)
+                .read_to_end(&mut probe)
+                .map_err(io)?;
+        }
+        let header = checked_header(&probe, size)?;
+        Ok(Some(Batch::File {
+            path: path.to_string(),
+            header,
+        }))
+    }
+
+    /// X by Redis key: its header read by range and checked against the value's size; `None`
+    /// when the value is not a `.npy` (JSON rows, read whole by the caller).
+    pub async fn open_stored<S: Store>(store: &S, key: &str) -> Result<Option<Batch>, Refusal> {
+        let size = store.len(key).await?;
+        if size == 0 {
+            return Err(JobError::MissingReference {
+                what: "x",
+                key: key.to_string(),
+            }
+            .into());
+        }
+        let mut probe = store.get_range(key, 0, npy::HEADER_PROBE as u64).await?;
+        if !probe.starts_with(npy::MAGIC) {
+            return Ok(None);
+        }
+        let input = |source| JobError::Input { what: "x", source };
+        let (len, start) = npy::Header::length(&probe).map_err(input)?;
+        if start + len > probe.len() && (start + len) as u64 <= size {
+            let more = (start + len - probe.len()) as u64;
+            probe.extend(store.get_range(key, probe.len() as u64, more).await?);
+        }
+        let header = checked_header(&probe, size)?;
+        Ok(Some(Batch::Stored {
+            key: key.to_string(),
+            header,
+        }))
+    }
+}
+
+/// A 2-D `.npy` header whose data fills exactly the rest of a value of `size` bytes.
+fn checked_header(probe: &[u8], size: u64) -> Result<npy::Header, JobError> {
+    let input = |source| JobError::Input { what: "x", source };
+    let header = npy::Header::parse(probe).map_err(input)?;
+    if header.shape.len() != 2 {
+        return Err(JobError::Shape(format!(
+            "a matmul job's X is 2-D, one input per row (B x K), not of shape {:?}",
+            header.shape
+        )));
+    }
+    let needed = header
+        .data_bytes()
+        .and_then(|n| n.checked_add(header.data_start));
+    if needed.map(|n| n as u64) != Some(size) {
+        return Err(input(TensorError::Npy(format!(
+            "shape {:?} needs {} bytes, the input has {size}",
+            header.shape,
+            needed.map_or("too many".to_string(), |n| n.to_string())
+        ))));
+    }
+    Ok(header)
 }

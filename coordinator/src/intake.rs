@@ -18,14 +18,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use starkscale_common::broker::Delivery;
-use starkscale_common::job::{check_shapes, JobError, Request};
+use starkscale_common::job::{
+    check_batch_shapes, check_vector_shapes, JobError, JobKind, Operand, Request, VectorInput,
+};
 use starkscale_common::messages::{unix_ms, JobProgress, JobRecord, JobResult, JobStatus};
 use starkscale_common::metrics;
 use starkscale_common::store::Store;
 use starkscale_common::JobSpec;
+use tokio::runtime::Handle;
 use tracing::{info, warn};
 
-use crate::cut::{cut, Cut, CutOptions};
+use crate::cut::{cut_batch, cut_tiles, Batch, Cut, CutOptions};
 use crate::settle::Failure;
 use crate::state::Job;
 use crate::{to_json, Services};
@@ -165,16 +168,22 @@ pub(crate) async fn plan_job<B, S: Store>(
 ) -> Result<Job, Refusal> {
     let (a_key, x_key) = spec.redis_keys();
     let a_bytes = fetch_reference(svc, "a", a_key).await?;
-    let x_bytes = fetch_reference(svc, "x", x_key).await?;
+    // A matmul job's X by key is read a block at a time when it is a `.npy`.
+    let stored_batch = match (spec.kind, x_key) {
+        (JobKind::Matmul, Some(key)) => Batch::open_stored(&svc.store, key).await?,
+        _ => None,
+    };
+    let x_bytes = match stored_batch {
+        Some(_) => None,
+        None => fetch_reference(svc, "x", x_key).await?,
+    };
     let limits = svc.limits;
     let spec = spec.clone();
     let keys = svc.keys.clone();
     let id = job_id.to_string();
-    let fan_in = svc.config.fan_in;
-    let cut = tokio::task::spawn_blocking(move || -> Result<_, JobError> {
-        let (a, x) = spec.load_inputs((a_bytes.as_deref(), x_bytes.as_deref()))?;
-        drop((a_bytes, x_bytes));
-        check_shapes(&a, &x, spec.tile_rows(), &limits)?;
+    let (fan_in, block_entries) = (svc.config.fan_in, svc.config.plan_block_entries);
+    let (store, runtime, ttl) = (svc.store.clone(), Handle::current(), svc.ttl());
+    let cut = tokio::task::spawn_blocking(move || -> Result<Cut, Refusal> {
         let options = CutOptions {
             keys: &keys,
             job_id: &id,
@@ -182,8 +191,43 @@ pub(crate) async fn plan_job<B, S: Store>(
             fan_in,
             segment_blocks: spec.segment_blocks(),
             limits: &limits,
+            block_entries,
         };
-        cut(&a, &x, &options)
+        let a = spec.load_a(a_bytes.as_deref())?;
+        drop(a_bytes);
+        let batch = match (spec.kind, &spec.x, stored_batch) {
+            (JobKind::Matvec, ..) => None,
+            (_, _, Some(stored)) => Some(stored),
+            (_, VectorInput::Path(path), None) => Batch::open_file(path)?,
+            _ => None,
+        };
+        let batch = match batch {
+            Some(batch) => batch,
+            None => match spec.load_x(x_bytes.as_deref())? {
+                Operand::Vector(x) => {
+                    check_vector_shapes(&a, &x, spec.tile_rows(), &limits)?;
+                    return Ok(cut_tiles(&a, &x, &options, false));
+                }
+                Operand::Batch(x) => Batch::Loaded(x),
+            },
+        };
+        check_batch_shapes(&a, batch.shape(), &limits)?;
+        if batch.shape().0 == 1 {
+            // One input: the tile kernel proves it at ~1 step per multiply-add, where the batch
+            // protocol would hash all of A at ~6 steps per entry (`docs/bench.md`).
+            let x = batch.first_input(&store, &runtime)?;
+            check_vector_shapes(&a, &x, spec.tile_rows(), &limits)?;
+            return Ok(cut_tiles(&a, &x, &options, true));
+        }
+        let planned = cut_batch(&store, &runtime, &a, &batch, &options, ttl);
+        if planned.is_err() {
+            // What pass 1 wrote of Y goes with the refusal.
+            let _ = runtime.block_on(store.delete(&[keys.y(&id)]));
+        }
+        Ok(Cut {
+            layout: planned?,
+            values: Vec::new(),
+        })
     })
     .await
     .map_err(|e| JobError::Limit(format!("planning the job panicked: {e}")))?;

@@ -97,6 +97,10 @@ pub struct CoordinatorConfig {
     /// Children per reduce node: a job of up to this many tiles is reduced by one proof.
     #[arg(long, env = "STARKSCALE_FAN_IN", default_value_t = DEFAULT_FAN_IN)]
     pub fan_in: usize,
+    /// Entries of X (and of Y) a matmul job is planned with at a time: what planning holds of a
+    /// batch, however large.
+    #[arg(long, env = "STARKSCALE_PLAN_BLOCK_ENTRIES", default_value_t = 1 << 20)]
+    pub plan_block_entries: usize,
     /// Where `starkscale coordinator` serves /metrics, /healthz and /readyz.
     #[arg(
         long,
@@ -120,6 +124,7 @@ impl CoordinatorConfig {
             lease_s: 15,
             allow_test_profile: false,
             max_job_bytes: 64 << 20,
+            plan_block_entries: 1 << 20,
             fan_in: DEFAULT_FAN_IN,
             metrics_addr: metrics::on_all_interfaces(metrics::COORDINATOR_PORT),
         }

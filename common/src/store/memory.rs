@@ -95,6 +95,48 @@ impl Store for MemoryStore {
         }
     }
 
+    async fn len(&self, key: &str) -> Result<u64, StoreError> {
+        match self.lock().live(key).map(|e| &e.value) {
+            None => Ok(0),
+            Some(Value::Bytes(b)) => Ok(b.len() as u64),
+            Some(Value::Hash(_)) => Err(wrong_type("STRLEN", key)),
+        }
+    }
+
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        match self.lock().live(key).map(|e| &e.value) {
+            None => Ok(Vec::new()),
+            Some(Value::Bytes(b)) => {
+                let from = (start as usize).min(b.len());
+                let to = from.saturating_add(len as usize).min(b.len());
+                Ok(b[from..to].to_vec())
+            }
+            Some(Value::Hash(_)) => Err(wrong_type("GETRANGE", key)),
+        }
+    }
+
+    async fn append(&self, key: &str, bytes: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let mut map = self.lock();
+        let expires = Instant::now() + ttl;
+        match map.live(key) {
+            Some(Entry {
+                value: Value::Bytes(b),
+                expires: at,
+            }) => {
+                b.extend_from_slice(bytes);
+                *at = expires;
+            }
+            Some(_) => return Err(wrong_type("APPEND", key)),
+            None => {
+                let value = Value::Bytes(bytes.to_vec());
+                map.entries
+                    .insert(key.to_string(), Entry { value, expires });
+            }
+        }
+        map.wrote(1);
+        Ok(())
+    }
+
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
         let entry = Entry {
             value: Value::Bytes(value.to_vec()),

@@ -114,6 +114,27 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Deletes `keys`; returns how many existed.
     fn delete(&self, keys: &[String]) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Bytes in the value at `key` (0 when absent): what a reader checks before reading a
+    /// value whole or in ranges.
+    fn len(&self, key: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Up to `len` bytes of the value at `key` from byte `start` (fewer past its end).
+    fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+
+    /// Appends `bytes` to the value at `key` (created when absent) and sets its TTL, atomically:
+    /// how a large value is written a block at a time.
+    fn append(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 fn ttl_secs(ttl: Duration) -> u64 {

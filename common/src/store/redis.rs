@@ -85,6 +85,37 @@ impl Store for RedisStore {
         timed("get", conn.get(key)).await.map_err(err("GET", key))
     }
 
+    async fn len(&self, key: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        timed("strlen", conn.strlen(key))
+            .await
+            .map_err(err("STRLEN", key))
+    }
+
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let (first, last) = (start as isize, (start + len - 1) as isize);
+        timed("getrange", conn.getrange(key, first, last))
+            .await
+            .map_err(err("GETRANGE", key))
+    }
+
+    async fn append(&self, key: &str, bytes: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .append(key, bytes)
+            .ignore()
+            .expire(key, ttl_secs(ttl) as i64)
+            .ignore();
+        let mut conn = self.conn.clone();
+        timed("append", pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(err("APPEND", key))
+    }
+
     async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         timed("set", conn.set_ex::<_, _, ()>(key, value, ttl_secs(ttl)))
