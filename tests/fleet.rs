@@ -662,7 +662,7 @@ fn random_batch_job(
         .collect();
     let job = serde_json::json!({
         "schema_version": 1, "job_id": id, "kind": "matmul", "dtype": "i8",
-        "a": {"inline": a}, "x": {"inline": x}, "segment_blocks": 256,
+        "a": {"inline": a}, "x": {"inline": x}, "segment_blocks": 128,
     });
     (job, y)
 }

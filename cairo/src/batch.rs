@@ -1233,8 +1233,9 @@ impl RootOutput {
     }
 }
 
-/// Blake2s compressions per segment by default: a segment proof then stays near 4 GB.
-pub const DEFAULT_SEGMENT_BLOCKS: usize = 8192;
+/// Blake2s compressions per segment by default: every segment proof then stays under 4 GB
+/// (int32 segments of 8,192 compressions peaked at 4.2–4.3 GB, `docs/bench.md`).
+pub const DEFAULT_SEGMENT_BLOCKS: usize = 4096;
 
 /// Compressions a segment spends besides its rows: for inputs, the digest of v's limbs.
 pub fn segment_overhead(stream: Stream, shape: &Shape) -> usize {
@@ -1258,8 +1259,8 @@ const FLOOR_BLOCKS: usize = 1536;
 
 /// Cuts each stream into segments of at most `blocks` Blake2s compressions each (overhead
 /// included), in the root's order: weights, inputs, outputs, each top to bottom. int8 segments
-/// get a quarter as many: a compression there carries 64 entries at ~6 Cairo steps each, and a
-/// proof's memory follows its steps. The prover pads a proof's compressions to a power of
+/// get half as many: a compression there carries 64 entries at ~6 Cairo steps each (~400 steps,
+/// against ~57 for 16 int32 entries), and a proof's memory follows its steps. The prover pads a proof's compressions to a power of
 /// two, so every segment is sized to fill one: for each power of two up to the limit, the
 /// stream's cost is counted as (fixed cost + padded compressions) over its segments, and the
 /// cheapest wins.
@@ -1267,7 +1268,7 @@ pub fn plan_segments(shape: &Shape, blocks: usize) -> Vec<SegmentSpec> {
     let mut out = Vec::new();
     for stream in Stream::ALL {
         let limit = if stream.per_chunk() > CHUNK {
-            blocks / 4
+            blocks / 2
         } else {
             blocks
         };

@@ -149,7 +149,7 @@ pub struct JobSpec {
     /// Tile height (default 254; at most 1022). Tiles are always 1024 columns wide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tile_rows: Option<usize>,
-    /// matmul: Blake2s compressions per segment task (default 8192; int8 streams get a quarter),
+    /// matmul: Blake2s compressions per segment task (default 4096; int8 streams get half),
     /// which sets each task's proving time and memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment_blocks: Option<usize>,

@@ -134,11 +134,9 @@ impl<S: Store> Reader<'_, S> {
                         source,
                     })
                 };
-                if self.file.is_none() {
-                    self.file = Some(std::fs::File::open(path).map_err(io)?);
-                }
-                let Some(file) = self.file.as_mut() else {
-                    return Err(JobError::Limit("x: file not open".into()).into());
+                let file = match &mut self.file {
+                    Some(file) => file,
+                    None => self.file.insert(std::fs::File::open(path).map_err(io)?),
                 };
                 let start = header.data_start + row0 * k * header.width;
                 let mut bytes = vec![0u8; rows * k * header.width];
@@ -182,7 +180,7 @@ const WRITE_BATCH_BYTES: usize = 32 << 20;
 /// outputs, advances the X and Y chains and appends the block of Y to its key; the
 /// commitments, seed and challenges follow. Pass 2 cuts the segments, reading each one's rows
 /// (of Aᵀ, X, or Y back from the store), computes its honest output and writes its input, in
-/// bounded batches. Neither pass holds more than a block of X or Y.
+/// bounded batches. Neither pass holds more of X or Y than a block or a segment.
 pub(crate) fn cut_batch<S: Store>(
     store: &S,
     runtime: &Handle,
