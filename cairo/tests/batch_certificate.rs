@@ -13,9 +13,9 @@ use starkscale_cairo::verify::VerifyError;
 use starkscale_cairo::{Profile, Prover};
 
 const STEPS: usize = 1 << 24;
-// Weights: 40 rows of one chunk, two segments (int8 segments get a quarter of the budget);
+// Weights: 40 rows of one chunk, two segments (int8 segments get half the budget);
 // inputs and outputs: one segment each.
-const BLOCKS: usize = 128;
+const BLOCKS: usize = 64;
 
 struct Job {
     x: Rows,
