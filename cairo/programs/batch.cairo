@@ -28,6 +28,10 @@ from starkscale_batch import (
     SEG_V_DIGEST,
     SEG_CHAINS,
     felt_of_words,
+    felts_of_words,
+    powers,
+    sum,
+    write_felt,
 )
 
 // Stored entries are value + offset, so that every word is a u32.
@@ -228,40 +232,6 @@ func passes{range_check96_ptr: felt*}(
         offset,
         last,
     );
-}
-
-func sum(values: felt*, n) -> felt {
-    if (n == 0) {
-        return 0;
-    }
-    let rest = sum(values + 1, n - 1);
-    return values[0] + rest;
-}
-
-func felts_of_words(words: felt*, n, dst: felt*) {
-    if (n == 0) {
-        return ();
-    }
-    let v = felt_of_words(words);
-    assert dst[0] = v;
-    return felts_of_words(words + 8, n - 1, dst + 1);
-}
-
-func powers(dst: felt*, cur, base, n) {
-    if (n == 0) {
-        return ();
-    }
-    assert dst[0] = cur;
-    return powers(dst + 1, cur * base, base, n - 1);
-}
-
-// Writes value as 8 u32 limbs (a hint's choice; the sum is checked here, and whoever hashes the
-// output range-checks each limb).
-func write_felt(value, dst: felt*) {
-    %{ starkscale_limbs %}
-    let v = felt_of_words(dst);
-    assert v = value;
-    return ();
 }
 
 // The accumulators of the segment's rows, `stride` cells apart, as limbs.

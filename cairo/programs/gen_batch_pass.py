@@ -164,6 +164,265 @@ def gen_pass(name, packed):
     return out
 
 
+
+# The layer-outputs pass (layer.cairo): an outputs pass (int32 accumulators y, 16 per row) that
+# also applies the layer's epilogue to every entry -- bias, Q31 requantization with gemmlowp's
+# two roundings, zero point, clamp -- and either folds the int8 results z into the next layer's
+# product check (`hidden`: t2 += rho2^row * sum_i V_i z_i) or hashes them as the logits' int32
+# words z + 2^31 into a second chain (`final`). docs/inference.md states the arithmetic and why
+# each range check pins its value.
+LAYER_ARGS_COMMON = ["m", "par", "state", "counter", "n", "rp", "rho", "t", "negc", "last", "rc",
+                     "zpl", "span", "zero"]
+LAYER_ARGS = {
+    "hidden": LAYER_ARGS_COMMON + ["rp2", "rho2", "t2", "negc2"],
+    "final": LAYER_ARGS_COMMON + ["state2"],
+}
+LAYER_POINTERS = ("m", "par", "state", "rc", "state2")
+LAYER_CARRIED = {
+    "hidden": ["P", "SP", "CTR", "N", "RP", "T", "RC", "RP2", "T2"],
+    "final": ["P", "SP", "CTR", "N", "RP", "T", "RC", "SP2"],
+}
+# Per entry and pass, pushed by the prologue from `par`: the multiplier m_i, the constant
+# C_i = (bias_i - 2^31) m_i + 2^30 (the stored offset and the first rounding's half folded in),
+# H_i = 2^(e_i - 1) and G_i = 1 (0 and 0 when e_i = 0), POW_i = 2^e_i, SC_i = 2^(96 - e_i), and
+# X_i: V_i (hidden: the next layer's multiplier) or the logit word's offset (final).
+LAYER_PARAMS = ["MUL", "C", "H", "G", "POW", "SC", "X"]
+LAYER_HINTS = ["q", "neg", "v", "p", "z"]  # per entry, written by the row hint
+LAYER_RC_PER_ENTRY = 9
+SMALL = 2**50  # q and v are range-checked as q + 2^50 < 2^96
+
+
+def gen_layer_pass(name, variant):
+    args = LAYER_ARGS[variant]
+    carried = LAYER_CARRIED[variant]
+    arg = {a: -2 - len(args) + i for i, a in enumerate(args)}
+    c = {a: -len(carried) + i for i, a in enumerate(carried)}
+    npar = len(LAYER_PARAMS)
+    f_fp = WORDS + WORDS * npar  # the multipliers, the parameters, then fp (via pass_get_fp)
+    b0_rel = f_fp + 2 + len(carried)
+    out = []
+    emit = out.append
+
+    def e(line):
+        out.append("    " + line)
+
+    def par(q, p):  # fp-relative cell of parameter p of entry q
+        return r("fp", WORDS + npar * q + LAYER_PARAMS.index(p))
+
+    cells = Cells(0)
+    i_w = cells.take(WORDS)
+    i_h = cells.take(len(LAYER_HINTS) * WORDS)
+    per_entry = ["p0", "p1", "t31", "r1", "r1s", "qb", "a", "a1", "a2", "w2", "gn", "s2", "s3",
+                 "vp", "r2", "r2s", "vb", "av", "pa", "rz", "pz", "x"]
+    i_e = cells.take(len(per_entry) * WORDS)
+    i_zw = cells.take(WORDS) if variant == "final" else None
+    i_p = cells.take(WORDS)
+    i_s = cells.take(WORDS - 1)
+    i_d, i_q, i_t, i_rp = (cells.take() for _ in range(4))
+    if variant == "hidden":
+        i_s2 = cells.take(WORDS - 1)
+        i_d2, i_q2, i_t2, i_rp2 = (cells.take() for _ in range(4))
+    i_n, i_ctr, i_rc = (cells.take() for _ in range(3))
+    i_out = cells.take(8)
+    if variant == "final":
+        i_zptr = cells.take()
+        i_out2 = cells.take(8)
+    i_optr = cells.take()
+    if variant == "final":
+        i_optr2 = cells.take()  # the second opcode runs at ap = B + i_optr + 1
+        end = i_optr2 + 1
+    else:
+        end = i_optr + 1
+    iter_size = end + len(carried)
+    rc_per_row = LAYER_RC_PER_ENTRY * WORDS
+
+    typed = [f"{a}: felt*" if a in LAYER_POINTERS else a for a in args]
+    returns = "t: felt, state: felt*, rc: felt*"
+    returns += ", t2: felt" if variant == "hidden" else ", state2: felt*"
+    emit(f"const {name.upper()}_ITER = {iter_size};")
+    emit(f"const {name.upper()}_RC_PER_ROW = {rc_per_row};")
+    emit("")
+    emit(f"func {name}(" + ", ".join(typed) + f") -> ({returns}) {{")
+    for t in range(WORDS):
+        e(f"[ap] = [[fp - {-arg['m']}] + {t}], ap++;")
+    for t in range(WORDS * npar):
+        e(f"[ap] = [[fp - {-arg['par']}] + {t}], ap++;")
+    e("call pass_get_fp;")
+    e(f"[ap] = {r('fp', f_fp)} + {b0_rel}, ap++;")  # P
+    sources = {"SP": "state", "CTR": "counter", "N": "n", "RP": "rp", "T": "t", "RC": "rc",
+               "RP2": "rp2", "T2": "t2", "SP2": "state2"}
+    for name_c in carried[1:]:
+        e(f"[ap] = {r('fp', arg[sources[name_c]])}, ap++;")
+
+    out.append(f"    {name}_row:")
+    e("%{ starkscale_layer_row %}")
+
+    def A(cell):
+        return r("ap", cell)
+
+    rc_idx = 0
+
+    def rc(cell):
+        nonlocal rc_idx
+        e(f"{A(cell)} = [{A(c['RC'])} + {rc_idx}];")
+        rc_idx += 1
+
+    zero = r("fp", arg["zero"])
+    for q in range(WORDS):
+        w = i_w + q
+        h = {n: i_h + len(LAYER_HINTS) * q + j for j, n in enumerate(LAYER_HINTS)}
+        x = {n: i_e + len(per_entry) * q + j for j, n in enumerate(per_entry)}
+        # q = floor((y + bias) m / 2^31 + 1/2): p1 = w m + C = q 2^31 + r1, 0 <= r1 < 2^31.
+        e(f"{A(x['p0'])} = {A(w)} * {par(q, 'MUL')};")
+        e(f"{A(x['p1'])} = {A(x['p0'])} + {par(q, 'C')};")
+        e(f"{A(x['t31'])} = {A(h['q'])} * {2**31};")
+        e(f"{A(x['p1'])} = {A(x['r1'])} + {A(x['t31'])};")
+        e(f"{A(x['r1s'])} = {A(x['r1'])} * {2**65};")
+        rc(x["r1s"])
+        e(f"{A(x['qb'])} = {A(h['q'])} + {SMALL};")
+        rc(x["qb"])
+        # neg = [q < 0]: a bit, and q - neg (2q + 1) (q, or -q - 1) is non-negative.
+        e(f"{A(h['neg'])} = {A(h['neg'])} * {A(h['neg'])};")
+        e(f"{A(x['a'])} = {A(h['q'])} + {A(h['q'])};")
+        e(f"{A(x['a1'])} = {A(x['a'])} + 1;")
+        e(f"{A(x['a2'])} = {A(h['neg'])} * {A(x['a1'])};")
+        e(f"{A(h['q'])} = {A(x['w2'])} + {A(x['a2'])};")
+        rc(x["w2"])
+        # v = floor((q + H - G neg) / 2^e): s3 = v POW + r2, 0 <= r2 < 2^e.
+        e(f"{A(x['gn'])} = {A(h['neg'])} * {par(q, 'G')};")
+        e(f"{A(x['s2'])} = {A(h['q'])} + {par(q, 'H')};")
+        e(f"{A(x['s2'])} = {A(x['s3'])} + {A(x['gn'])};")
+        e(f"{A(x['vp'])} = {A(h['v'])} * {par(q, 'POW')};")
+        e(f"{A(x['s3'])} = {A(x['r2'])} + {A(x['vp'])};")
+        e(f"{A(x['r2s'])} = {A(x['r2'])} * {par(q, 'SC')};")
+        rc(x["r2s"])
+        e(f"{A(x['vb'])} = {A(h['v'])} + {SMALL};")
+        rc(x["vb"])
+        # a = v + zp - lo; p = max(a, 0); z' = min(p, hi - lo); the output is z' + lo.
+        e(f"{A(x['av'])} = {A(h['v'])} + {r('fp', arg['zpl'])};")
+        rc(h["p"])
+        e(f"{A(h['p'])} = {A(x['pa'])} + {A(x['av'])};")
+        rc(x["pa"])
+        e(f"{zero} = {A(h['p'])} * {A(x['pa'])};")
+        e(f"{r('fp', arg['span'])} = {A(x['rz'])} + {A(h['z'])};")
+        rc(x["rz"])
+        e(f"{A(h['p'])} = {A(x['pz'])} + {A(h['z'])};")
+        rc(x["pz"])
+        e(f"{zero} = {A(x['rz'])} * {A(x['pz'])};")
+        if variant == "hidden":
+            e(f"{A(x['x'])} = {A(h['z'])} * {par(q, 'X')};")
+        else:
+            e(f"{A(i_zw + q)} = {A(h['z'])} + {par(q, 'X')};")
+    assert rc_idx == rc_per_row
+
+    def dot(products, sums, d, negc):
+        e(f"{A(sums)} = {A(products[0])} + {A(products[1])};")
+        for i in range(1, WORDS - 1):
+            e(f"{A(sums + i)} = {A(sums + i - 1)} + {A(products[i + 1])};")
+        e(f"{A(d)} = {A(sums + WORDS - 2)} + {r('fp', arg[negc])};")
+
+    # This layer's product check: d = sum_i sigma^i y_i.
+    for q in range(WORDS):
+        e(f"{A(i_p + q)} = {A(i_w + q)} * {r('fp', q)};")
+    dot([i_p + q for q in range(WORDS)], i_s, i_d, "negc")
+    e(f"{A(i_q)} = {A(c['RP'])} * {A(i_d)};")
+    e(f"{A(i_t)} = {A(c['T'])} + {A(i_q)};")
+    e(f"{A(i_rp)} = {A(c['RP'])} * {r('fp', arg['rho'])};")
+    if variant == "hidden":
+        # The next layer's: d2 = sum_i V_i z_i (z = z' + lo: negc2 = lo sum_i V_i).
+        xs = [i_e + len(per_entry) * q + per_entry.index("x") for q in range(WORDS)]
+        dot(xs, i_s2, i_d2, "negc2")
+        e(f"{A(i_q2)} = {A(c['RP2'])} * {A(i_d2)};")
+        e(f"{A(i_t2)} = {A(c['T2'])} + {A(i_q2)};")
+        e(f"{A(i_rp2)} = {A(c['RP2'])} * {r('fp', arg['rho2'])};")
+    e(f"{A(i_n)} = {A(c['N'])} + (-1);")
+    e(f"{A(i_ctr)} = {A(c['CTR'])} + 64;")
+    e(f"{A(i_rc)} = {A(c['RC'])} + {rc_per_row};")
+    e(f"{A(i_optr)} = {A(c['P'])} + {i_out};")
+    if variant == "final":
+        e(f"{A(i_zptr)} = {A(c['P'])} + {i_zw};")
+        e(f"{A(i_optr2)} = {A(c['P'])} + {i_out2};")
+    e(f"ap += {i_optr};")
+
+    def rel(cell, at):  # B-relative cell, addressed while ap = B + at
+        return cell - at
+
+    def words(fin):
+        ws = [hex(blake_word(rel(i_ctr, i_optr), rel(c["SP"], i_optr), rel(c["P"], i_optr), fin))]
+        if variant == "final":
+            ws.append(hex(blake_word(rel(i_ctr, i_optr2), rel(c["SP2"], i_optr2),
+                                     rel(i_zptr, i_optr2), fin)))
+        return ws
+
+    e(f"jmp {name}_more if {A(rel(i_n, i_optr))} != 0;")
+    e(f"jmp {name}_final if {r('fp', arg['last'])} != 0;")
+    for wd in words(False):
+        e(f"dw {wd};")
+    e(f"jmp {name}_done;")
+    out.append(f"    {name}_final:")
+    for wd in words(True):
+        e(f"dw {wd};")
+    out.append(f"    {name}_done:")
+    # ap = B + end: the return values.
+    at = end
+    e(f"[ap] = {A(i_t - at)}, ap++;")
+    e(f"[ap] = {A(i_optr - at - 1)}, ap++;")
+    e(f"[ap] = {A(i_rc - at - 2)}, ap++;")
+    if variant == "hidden":
+        e(f"[ap] = {A(i_t2 - at - 3)}, ap++;")
+    else:
+        e(f"[ap] = {A(i_optr2 - at - 3)}, ap++;")
+    e("ret;")
+
+    out.append(f"    {name}_more:")
+    for wd in words(False):
+        e(f"dw {wd};")
+    src = {"SP": i_optr, "CTR": i_ctr, "N": i_n, "RP": i_rp, "T": i_t, "RC": i_rc}
+    if variant == "hidden":
+        src.update({"RP2": i_rp2, "T2": i_t2})
+    else:
+        src["SP2"] = i_optr2
+    for i, name_c in enumerate(carried):
+        at = end + i
+        if name_c == "P":
+            e(f"[ap] = {A(c['P'] - at)} + {iter_size}, ap++;")
+        else:
+            e(f"[ap] = {A(src[name_c] - at)}, ap++;")
+    e(f"jmp {name}_row;")
+    out.append("}")
+    out.append("")
+    return out
+
+
+def gen_layer():
+    out = [
+        "// GENERATED by gen_batch_pass.py --layer -- do not edit; see docs/inference.md.",
+        "//",
+        "// One pass of the layer-outputs kernel (layer.cairo) over a chunk column of a layer's",
+        "// int32 accumulators: per row, one Blake2s block of the column's chain, the product",
+        "// check's dot product with sigma^i, and the epilogue of each of the 16 entries --",
+        "// then layer_pass_hidden folds the outputs into the next layer's check and",
+        "// layer_pass_final hashes them, as logits, into a second chain.",
+        "//",
+        "// Arguments: m (sigma^i for the column's 16 entries), par (7 parameters per entry,",
+        "// LAYER_PARAMS in the generator), state (the chain before the first row), counter,",
+        "// n >= 1 rows, rp = rho^(first row), rho, t, negc (added to every dot product), last,",
+        "// rc (the next free range_check96 cell), zpl = zp - lo, span = hi - lo, zero (0);",
+        "// hidden: rp2, rho2, t2, negc2 for the next layer's check; final: state2 (the logits",
+        "// chain). Returns the new t, the chain's final state, the next free range_check96",
+        "// cell, and t2 or the logits chain's final state.",
+        "",
+        "func pass_get_fp() {",
+        "    // `call` leaves the caller's fp at [ap - 2]: the one constrained way to read fp.",
+        "    ret;",
+        "}",
+        "",
+    ]
+    out += gen_layer_pass("layer_pass_hidden", "hidden")
+    out += gen_layer_pass("layer_pass_final", "final")
+    return "\n".join(out).rstrip() + "\n"
+
+
 def gen():
     out = [
         "// GENERATED by gen_batch_pass.py -- do not edit; see docs/batch.md.",
@@ -193,4 +452,6 @@ def gen():
 
 
 if __name__ == "__main__":
-    print(gen(), end="")
+    import sys
+
+    print(gen_layer() if sys.argv[1:] == ["--layer"] else gen(), end="")

@@ -20,6 +20,8 @@ pub mod batch_prove;
 pub mod certificate;
 pub mod encoding;
 mod hints;
+pub mod layer;
+pub mod layer_segment;
 pub mod program;
 pub mod proof;
 pub mod prove;

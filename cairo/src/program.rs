@@ -20,6 +20,8 @@ pub const ROOT_PROGRAM_JSON: &[u8] = include_bytes!("../programs/root.json");
 pub const BATCH_PROGRAM_JSON: &[u8] = include_bytes!("../programs/batch.json");
 /// `programs/batch_root.cairo`: the root of a batch job.
 pub const BATCH_ROOT_PROGRAM_JSON: &[u8] = include_bytes!("../programs/batch_root.json");
+/// `programs/layer.cairo`: a segment of a layer's accumulators with the layer's epilogue.
+pub const LAYER_PROGRAM_JSON: &[u8] = include_bytes!("../programs/layer.json");
 /// The kernel without its digest chains, for measuring what binding costs. Never verified.
 pub const MAP_UNBOUND_PROGRAM_JSON: &[u8] = include_bytes!("../programs/map_unbound.json");
 
@@ -34,15 +36,17 @@ pub enum Pinned {
     Root,
     Batch,
     BatchRoot,
+    Layer,
 }
 
 impl Pinned {
-    pub const ALL: [Pinned; 5] = [
+    pub const ALL: [Pinned; 6] = [
         Pinned::Map,
         Pinned::Reduce,
         Pinned::Root,
         Pinned::Batch,
         Pinned::BatchRoot,
+        Pinned::Layer,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +56,7 @@ impl Pinned {
             Pinned::Root => "root",
             Pinned::Batch => "batch",
             Pinned::BatchRoot => "batch root",
+            Pinned::Layer => "layer",
         }
     }
 
@@ -69,6 +74,7 @@ impl Pinned {
             Pinned::Root => ROOT_PROGRAM_JSON,
             Pinned::Batch => BATCH_PROGRAM_JSON,
             Pinned::BatchRoot => BATCH_ROOT_PROGRAM_JSON,
+            Pinned::Layer => LAYER_PROGRAM_JSON,
         }
     }
 
