@@ -2,7 +2,7 @@
 # Regenerates and recompiles the Cairo programs in cairo/programs/.
 #
 #   scripts/compile-cairo.sh          rewrite map{,_unbound}.{cairo,json}, reduce.json, root.json,
-#                                     batch_pass.cairo, batch.json, batch_root.json,
+#                                     batch_pass.cairo, batch.json, batch_root.json, infer_root.json,
 #                                     layer_pass.cairo, layer.json and the test fixtures
 #   scripts/compile-cairo.sh --check  fail if either differs from the committed file
 #
@@ -35,7 +35,7 @@ for name in map map_unbound; do
 done
 # The reduce programs are hand-written; they share starkscale_tree.cairo. The batch programs
 # import the freshly generated batch_pass.cairo (from $out, first on the path).
-for name in reduce root batch batch_root layer; do
+for name in reduce root batch batch_root layer infer_root; do
   "$venv/bin/cairo-compile" --proof_mode --no_debug_info --cairo_path "$out:." $name.cairo --output "$out/$name.json"
 done
 fixtures="$root/cairo/tests/fixtures"
@@ -48,7 +48,7 @@ if $check; then
   for f in cairo/programs/map.cairo cairo/programs/map.json cairo/programs/map_unbound.cairo \
     cairo/programs/map_unbound.json cairo/programs/reduce.json cairo/programs/root.json \
     cairo/programs/batch_pass.cairo cairo/programs/batch.json cairo/programs/batch_root.json \
-    cairo/programs/layer_pass.cairo cairo/programs/layer.json \
+    cairo/programs/layer_pass.cairo cairo/programs/layer.json cairo/programs/infer_root.json \
     cairo/tests/fixtures/other.json cairo/tests/fixtures/blake2s.json; do
     if ! cmp -s "$out/$(basename "$f")" "$root/$f"; then
       echo "compile-cairo: $f is stale: run scripts/compile-cairo.sh" >&2
@@ -60,6 +60,6 @@ if $check; then
 fi
 cp "$out"/map.cairo "$out"/map.json "$out"/map_unbound.cairo "$out"/map_unbound.json \
   "$out"/reduce.json "$out"/root.json "$out"/batch_pass.cairo "$out"/batch.json \
-  "$out"/batch_root.json "$out"/layer_pass.cairo "$out"/layer.json .
+  "$out"/batch_root.json "$out"/layer_pass.cairo "$out"/layer.json "$out"/infer_root.json .
 cp "$out/other.json" "$out/blake2s.json" "$fixtures/"
-echo "compile-cairo: wrote cairo/programs/{map,map_unbound,reduce,root,batch,batch_root,layer}.json, map{,_unbound}.cairo, {batch,layer}_pass.cairo and cairo/tests/fixtures/*.json"
+echo "compile-cairo: wrote cairo/programs/{map,map_unbound,reduce,root,batch,batch_root,layer,infer_root}.json, map{,_unbound}.cairo, {batch,layer}_pass.cairo and cairo/tests/fixtures/*.json"

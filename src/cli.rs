@@ -10,6 +10,7 @@ use starkscale_cairo::batch::{self, Rows, Shape as BatchShape, Stream};
 use starkscale_cairo::batch_certificate::{verify_batch, BatchCertificate, BatchExpect};
 use starkscale_cairo::certificate::{verify_certificate, Expectations};
 use starkscale_cairo::encoding::{Digest, MAX_TILE_ROWS};
+use starkscale_cairo::inference_certificate::InferenceCertificate;
 use starkscale_cairo::run::DEFAULT_MAX_STEPS;
 use starkscale_cairo::tree::commit_matrix;
 use starkscale_cairo::{run_map, verify_tile, Profile, Prover, TileInput, TILE_COLS};
@@ -36,8 +37,12 @@ enum Command {
     ProveTile(ProveTileArgs),
     /// Verify a tile proof; with --a/--x also check that it commits to those inputs.
     VerifyTile(VerifyTileArgs),
-    /// Print the commitment of a matrix cut into tiles, to check certificates against.
+    /// Print the commitment of a matrix cut into tiles, or of a model (.onnx), to check
+    /// certificates against.
     Commit(CommitArgs),
+    /// Prove a quantized model (.onnx) on a batch of inputs in this process: prints the
+    /// predictions and commitments, writes the inference certificate.
+    Infer(crate::infer::InferArgs),
     /// Verify a job certificate; with --commitment/--x also check it is of that matrix and x.
     Verify(VerifyArgs),
     /// Benchmarks.
@@ -109,7 +114,8 @@ struct VerifyTileArgs {
 
 #[derive(Args, Debug)]
 struct CommitArgs {
-    /// The matrix: JSON array of rows, or a 2-D NumPy .npy file.
+    /// The matrix: JSON array of rows, or a 2-D NumPy .npy file; or a quantized model (.onnx),
+    /// whose commitment inference certificates state.
     a: PathBuf,
     /// The commitment batch jobs state (independent of how a job is cut into tasks) instead of
     /// the tiled one of matrix-vector jobs.
@@ -126,17 +132,26 @@ struct CommitArgs {
 struct VerifyArgs {
     /// The certificate file (`starkscale run --out`, `starkscale result --out`).
     certificate: PathBuf,
-    /// The published commitment of A (`starkscale commit`) the certificate must be of.
+    /// The published commitment of A or of the model (`starkscale commit`) the certificate must
+    /// be of.
     #[arg(long)]
     commitment: Option<String>,
-    /// The input vector (JSON or .npy) the certificate must be of; for a batch certificate, the
-    /// batch, one input per row (B × K).
+    /// The input vector (JSON or .npy) the certificate must be of; for a batch or inference
+    /// certificate, the batch, one input per row (B × K; float32 inputs need --model).
     #[arg(long)]
     x: Option<PathBuf>,
     /// The outputs, one per row (B × M int32, .npy or JSON), that must be the ones proven (a
     /// matrix-vector certificate proves one row).
     #[arg(long)]
     y: Option<PathBuf>,
+    /// For an inference certificate: the model (.onnx); its commitment is checked, and float
+    /// inputs given with --x are quantized with it.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// For an inference certificate: the int8 logits (B × outputs .npy) that must be the ones
+    /// proven.
+    #[arg(long)]
+    logits: Option<PathBuf>,
     #[arg(long, default_value = "i8")]
     dtype: String,
     /// Accept proofs made at the low-security test profile.
@@ -190,6 +205,7 @@ pub fn main() -> ExitCode {
         Command::ProveTile(args) => prove_tile(args),
         Command::VerifyTile(args) => verify_tile_cmd(args),
         Command::Commit(args) => commit(args),
+        Command::Infer(args) => crate::infer::infer(args),
         Command::Verify(args) => verify(args),
         Command::Bench(BenchCommand::Kernel(args)) => bench::kernel(args),
         Command::Bench(BenchCommand::Fleet(args)) => serve(|_| bench::fleet(args)),
@@ -356,6 +372,13 @@ fn verify_tile_cmd(args: VerifyTileArgs) -> Result<()> {
 }
 
 fn commit(args: CommitArgs) -> Result<()> {
+    if args
+        .a
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
+        return crate::infer::commit_model(&args.a);
+    }
     let dtype = Dtype::parse(&args.dtype)?;
     let a = Matrix::load(&args.a, dtype)
         .with_context(|| format!("loading A from {}", args.a.display()))?;
@@ -394,6 +417,17 @@ fn verify(args: VerifyArgs) -> Result<()> {
         .transpose()?;
     if BatchCertificate::is_batch(&bytes) {
         return verify_batch_cmd(&args, &bytes, commitment);
+    }
+    if InferenceCertificate::is_inference(&bytes) {
+        let given = crate::infer::VerifyInference {
+            commitment,
+            x: args.x.as_deref(),
+            model: args.model.as_deref(),
+            logits: args.logits.as_deref(),
+            allow_test: args.allow_test_profile,
+            json: args.json,
+        };
+        return crate::infer::verify_inference_cmd(&bytes, given);
     }
     let x = args
         .x

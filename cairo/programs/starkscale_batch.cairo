@@ -1,5 +1,6 @@
-// What the batch programs (batch.cairo, batch_root.cairo) share: stream kinds, the segment
-// output layout and field elements as u32 limbs. docs/batch.md describes both programs.
+// What the batch programs (batch.cairo, batch_root.cairo, layer.cairo, infer_root.cairo) share:
+// stream kinds, the segment output layout and field elements as u32 limbs. docs/batch.md and
+// docs/inference.md describe the programs.
 
 const KIND_WEIGHTS = 4;
 const KIND_INPUTS = 5;
@@ -8,6 +9,9 @@ const KIND_BATCH_ROOT = 7;
 // Layer-outputs segments (layer.cairo): a hidden layer's and the last layer's.
 const KIND_LAYER_HIDDEN = 8;
 const KIND_LAYER_FINAL = 9;
+// The root of an inference job (infer_root.cairo) and its model commitment's preimage.
+const KIND_INFER_ROOT = 10;
+const KIND_MODEL = 11;
 // Segment output: 0 version, 1 kind, 2 M, 3 K, 4 B, then these.
 const SEG_ROW0 = 5;
 const SEG_ROWS = 6;

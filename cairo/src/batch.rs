@@ -516,7 +516,7 @@ pub struct SegmentOutput {
     pub v: Vec<[u32; 8]>,
 }
 
-fn eight(words: &[u32]) -> [u32; 8] {
+pub(crate) fn eight(words: &[u32]) -> [u32; 8] {
     let mut out = [0u32; 8];
     out.copy_from_slice(&words[..8]);
     out
@@ -1272,14 +1272,22 @@ pub fn plan_segments(shape: &Shape, blocks: usize) -> Vec<SegmentSpec> {
         } else {
             blocks
         };
-        let per = segment_rows(stream, shape, limit);
-        let height = stream.height(shape);
-        let mut row0 = 0;
-        while row0 < height {
-            let rows = per.min(height - row0);
-            out.push(SegmentSpec { stream, row0, rows });
-            row0 += rows;
-        }
+        out.extend(plan_stream(stream, shape, limit));
+    }
+    out
+}
+
+/// Cuts one stream into segments of at most `limit` compressions, sized as [`plan_segments`]
+/// does.
+pub fn plan_stream(stream: Stream, shape: &Shape, limit: usize) -> Vec<SegmentSpec> {
+    let per = segment_rows(stream, shape, limit);
+    let height = stream.height(shape);
+    let mut out = Vec::new();
+    let mut row0 = 0;
+    while row0 < height {
+        let rows = per.min(height - row0);
+        out.push(SegmentSpec { stream, row0, rows });
+        row0 += rows;
     }
     out
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use crate::batch::{commit, RootOutput, Rows, SegmentOutput, Shape, Stream};
 use crate::certificate::{malformed, write_proofs, CertificateError, Reader};
-use crate::encoding::{self, Digest};
+use crate::encoding::{self, Digest, Fact};
 use crate::program::Pinned;
 use crate::proof::TileProof;
 use crate::prove::Profile;
@@ -165,61 +165,26 @@ pub fn verify_batch(bytes: &[u8], expect: &BatchExpect) -> Result<VerifiedBatch,
             cert.proofs.len()
         )));
     }
-    let last = cert.proofs.len() - 1;
-    let mut proofs = Vec::with_capacity(cert.proofs.len());
-    let mut facts = Vec::with_capacity(last);
-    let mut root = None;
-    for (index, bytes) in cert.proofs.iter().enumerate() {
-        let fail = |source| BatchError::Proof { index, source };
-        let proof = TileProof::from_bytes(bytes).map_err(fail)?;
-        let program = check_pinned(&proof, expect.allow_test).map_err(fail)?;
-        let expected = if index == last {
-            Pinned::BatchRoot
-        } else {
-            Pinned::Batch
-        };
-        if program != expected {
-            return Err(BatchError::Order {
-                index,
-                found: program.name(),
-                expected: expected.name(),
-            });
-        }
-        let words = proof.output_words().map_err(fail)?;
-        let bad = |e: String| fail(VerifyError::MalformedOutput(e));
-        if index == last {
-            root = Some(RootOutput::from_words(&words).map_err(bad)?);
-        } else {
-            SegmentOutput::from_words(&words).map_err(bad)?;
-            facts.push(encoding::fact(&program.hash(), &words));
-        }
-        proofs.push(proof);
-    }
-    let root = root.ok_or_else(|| BatchError::Malformed("no root proof".into()))?;
-    let profile = proofs[last].profile;
-    if let Some((index, p)) = proofs
-        .iter()
-        .enumerate()
-        .find(|(_, p)| p.profile != profile)
-    {
-        return Err(BatchError::MixedProfiles {
+    let checked = check_proofs(
+        &cert.proofs,
+        expect.allow_test,
+        Pinned::BatchRoot,
+        &[Pinned::Batch],
+    )?;
+    let bad = |e: String| BatchError::Proof {
+        index: cert.proofs.len() - 1,
+        source: VerifyError::MalformedOutput(e),
+    };
+    let root = RootOutput::from_words(&checked.root_output).map_err(bad)?;
+    for (index, words) in checked.outputs.iter().enumerate() {
+        SegmentOutput::from_words(words).map_err(|e| BatchError::Proof {
             index,
-            found: p.profile,
-            root: profile,
-        });
+            source: VerifyError::MalformedOutput(e),
+        })?;
     }
-    if root.facts.len() != facts.len() {
-        return Err(BatchError::Facts(format!(
-            "the root lists {} segments, the certificate carries {}",
-            root.facts.len(),
-            facts.len()
-        )));
-    }
-    if let Some(index) = (0..facts.len()).find(|&i| root.facts[i] != facts[i]) {
-        return Err(BatchError::Facts(format!(
-            "proof {index} is not the segment the root lists at position {index}"
-        )));
-    }
+    check_facts(&root.facts, &checked.facts)?;
+    let profile = checked.profile;
+    let proofs = checked.proofs;
     if root.shape != cert.shape {
         return Err(BatchError::Root(format!(
             "the root proves shape {:?}, the certificate states {:?}",
@@ -276,7 +241,7 @@ pub fn verify_batch(bytes: &[u8], expect: &BatchExpect) -> Result<VerifiedBatch,
             });
         }
     }
-    let segments = facts.len();
+    let segments = checked.facts.len();
     for (index, proof) in proofs.into_iter().enumerate() {
         check_stark(proof).map_err(|source| BatchError::Proof { index, source })?;
     }
@@ -289,4 +254,92 @@ pub fn verify_batch(bytes: &[u8], expect: &BatchExpect) -> Result<VerifiedBatch,
         segments,
         verify_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A certificate's proofs, decoded and pinned: children first, the root last.
+pub(crate) struct CheckedProofs {
+    pub proofs: Vec<TileProof>,
+    /// Every child's public output and fact, in order.
+    pub outputs: Vec<Vec<u32>>,
+    pub facts: Vec<Fact>,
+    pub root_output: Vec<u32>,
+    pub profile: Profile,
+}
+
+/// Decodes every proof and checks that it is of a pinned program at pinned parameters — the
+/// last of `root`, every other of one of `children` — and that all share the root's profile.
+/// The STARKs themselves are checked last, by the caller, once the cheap checks passed.
+pub(crate) fn check_proofs(
+    proofs: &[Vec<u8>],
+    allow_test: bool,
+    root: Pinned,
+    children: &[Pinned],
+) -> Result<CheckedProofs, BatchError> {
+    let last = proofs.len() - 1;
+    let mut decoded = Vec::with_capacity(proofs.len());
+    let mut facts = Vec::with_capacity(last);
+    let mut outputs = Vec::with_capacity(last);
+    let mut root_output = Vec::new();
+    for (index, bytes) in proofs.iter().enumerate() {
+        let fail = |source| BatchError::Proof { index, source };
+        let proof = TileProof::from_bytes(bytes).map_err(fail)?;
+        let program = check_pinned(&proof, allow_test).map_err(fail)?;
+        let allowed = if index == last {
+            program == root
+        } else {
+            children.contains(&program)
+        };
+        if !allowed {
+            let expected = if index == last { root } else { children[0] };
+            return Err(BatchError::Order {
+                index,
+                found: program.name(),
+                expected: expected.name(),
+            });
+        }
+        let words = proof.output_words().map_err(fail)?;
+        if index == last {
+            root_output = words;
+        } else {
+            facts.push(encoding::fact(&program.hash(), &words));
+            outputs.push(words);
+        }
+        decoded.push(proof);
+    }
+    let profile = decoded[last].profile;
+    if let Some((index, p)) = decoded
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.profile != profile)
+    {
+        return Err(BatchError::MixedProfiles {
+            index,
+            found: p.profile,
+            root: profile,
+        });
+    }
+    Ok(CheckedProofs {
+        proofs: decoded,
+        outputs,
+        facts,
+        root_output,
+        profile,
+    })
+}
+
+/// The root lists exactly the certificate's children, in order.
+pub(crate) fn check_facts(listed: &[Fact], facts: &[Fact]) -> Result<(), BatchError> {
+    if listed.len() != facts.len() {
+        return Err(BatchError::Facts(format!(
+            "the root lists {} children, the certificate carries {}",
+            listed.len(),
+            facts.len()
+        )));
+    }
+    if let Some(index) = (0..facts.len()).find(|&i| listed[i] != facts[i]) {
+        return Err(BatchError::Facts(format!(
+            "proof {index} is not the child the root lists at position {index}"
+        )));
+    }
+    Ok(())
 }

@@ -346,7 +346,7 @@ pub fn verify_certificate(
             Pinned::Map => Statement::Map(MapOutput::from_words(&words).map_err(bad)?),
             Pinned::Reduce => Statement::Node(NodeOutput::from_words(&words).map_err(bad)?),
             Pinned::Root => Statement::Root(RootOutput::from_words(&words).map_err(bad)?),
-            Pinned::Batch | Pinned::BatchRoot | Pinned::Layer => {
+            Pinned::Batch | Pinned::BatchRoot | Pinned::Layer | Pinned::InferRoot => {
                 return Err(bad("a batch segment in a matrix-vector certificate".into()))
             }
         };
@@ -402,7 +402,9 @@ fn check_order(entries: &[Entry]) -> Result<(), CertificateError> {
             (false, Pinned::Root) => Pinned::Reduce,
             (false, Pinned::Map) if seen_node => Pinned::Reduce,
             (false, Pinned::Map) => continue,
-            (false, Pinned::Batch | Pinned::BatchRoot | Pinned::Layer) => Pinned::Map,
+            (false, Pinned::Batch | Pinned::BatchRoot | Pinned::Layer | Pinned::InferRoot) => {
+                Pinned::Map
+            }
             (false, Pinned::Reduce) => {
                 seen_node = true;
                 continue;

@@ -22,6 +22,8 @@ pub const BATCH_PROGRAM_JSON: &[u8] = include_bytes!("../programs/batch.json");
 pub const BATCH_ROOT_PROGRAM_JSON: &[u8] = include_bytes!("../programs/batch_root.json");
 /// `programs/layer.cairo`: a segment of a layer's accumulators with the layer's epilogue.
 pub const LAYER_PROGRAM_JSON: &[u8] = include_bytes!("../programs/layer.json");
+/// The root of an inference job (`programs/infer_root.cairo`).
+pub const INFER_ROOT_PROGRAM_JSON: &[u8] = include_bytes!("../programs/infer_root.json");
 /// The kernel without its digest chains, for measuring what binding costs. Never verified.
 pub const MAP_UNBOUND_PROGRAM_JSON: &[u8] = include_bytes!("../programs/map_unbound.json");
 
@@ -37,16 +39,18 @@ pub enum Pinned {
     Batch,
     BatchRoot,
     Layer,
+    InferRoot,
 }
 
 impl Pinned {
-    pub const ALL: [Pinned; 6] = [
+    pub const ALL: [Pinned; 7] = [
         Pinned::Map,
         Pinned::Reduce,
         Pinned::Root,
         Pinned::Batch,
         Pinned::BatchRoot,
         Pinned::Layer,
+        Pinned::InferRoot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +61,7 @@ impl Pinned {
             Pinned::Batch => "batch",
             Pinned::BatchRoot => "batch root",
             Pinned::Layer => "layer",
+            Pinned::InferRoot => "inference root",
         }
     }
 
@@ -75,6 +80,7 @@ impl Pinned {
             Pinned::Batch => BATCH_PROGRAM_JSON,
             Pinned::BatchRoot => BATCH_ROOT_PROGRAM_JSON,
             Pinned::Layer => LAYER_PROGRAM_JSON,
+            Pinned::InferRoot => INFER_ROOT_PROGRAM_JSON,
         }
     }
 

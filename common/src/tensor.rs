@@ -365,6 +365,40 @@ pub mod npy {
         })
     }
 
+    /// Returns (shape, values) of a little-endian float32 array (a model's float inputs).
+    pub fn parse_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), TensorError> {
+        let err = |m: String| TensorError::Npy(m);
+        let (header_len, start) = Header::length(bytes)?;
+        let header = bytes
+            .get(start..start + header_len)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .ok_or_else(|| err("truncated or non-UTF-8 header".into()))?;
+        let descr =
+            dict_value(header, "descr").ok_or_else(|| err("no 'descr' in header".into()))?;
+        if descr.trim_matches(|c| c == '\'' || c == '"') != "<f4" {
+            return Err(err(format!("dtype {descr} is not little-endian float32")));
+        }
+        if dict_value(header, "fortran_order").map(|f| f.trim() == "False") != Some(true) {
+            return Err(err("only C-ordered arrays are supported".into()));
+        }
+        let shape = parse_shape(
+            &dict_value(header, "shape").ok_or_else(|| err("no 'shape' in header".into()))?,
+        )?;
+        let body = &bytes[start + header_len..];
+        let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if count.and_then(|c| c.checked_mul(4)) != Some(body.len()) {
+            return Err(err(format!(
+                "shape {shape:?} does not match {} data bytes",
+                body.len()
+            )));
+        }
+        let values = body
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok((shape, values))
+    }
+
     fn parse_checked(
         bytes: &[u8],
         check: impl Fn(i128, usize) -> Result<i64, TensorError>,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Pure-numpy integer interpreter for the quantized digits models (no onnxruntime).
 
-This is the executable form of the importer spec in /tmp/onnx-report.md: it reads
+This is an executable statement of the importer's semantics (docs/inference.md): it reads
 a QDQ or QOperator model produced by make_digits_mlp.py, reduces it to a list of
 integer layers, and runs them with explicit integer arithmetic.
 
