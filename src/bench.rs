@@ -616,6 +616,21 @@ pub async fn reconcile(args: ReconcileArgs) -> Result<()> {
     outcome
 }
 
+/// What the in-process proving benchmarks share.
+#[derive(Args, Debug)]
+pub struct InProcess {
+    /// Blake2s compressions per segment task.
+    #[arg(long, default_value_t = starkscale_cairo::batch::DEFAULT_SEGMENT_BLOCKS)]
+    segment_blocks: usize,
+    #[arg(long, default_value = "production")]
+    profile: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print only the JSON report.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Args, Debug)]
 pub struct BatchArgs {
     /// M: rows of the weight matrix (outputs per input).
@@ -627,16 +642,8 @@ pub struct BatchArgs {
     /// B: inputs in the batch.
     #[arg(long, default_value_t = 1024)]
     batch: usize,
-    /// Blake2s compressions per segment task.
-    #[arg(long, default_value_t = starkscale_cairo::batch::DEFAULT_SEGMENT_BLOCKS)]
-    segment_blocks: usize,
-    #[arg(long, default_value = "production")]
-    profile: String,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Print only the JSON report.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    run: InProcess,
     /// Also write a.npy, x.npy, y.npy and the certificate (cert) into this directory.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -670,12 +677,12 @@ struct BatchReport {
 pub fn batch(args: BatchArgs) -> Result<()> {
     use starkscale_cairo::batch::Rows;
     use starkscale_cairo::batch_certificate::{verify_batch, BatchExpect};
-    let profile = parse_profile(&args.profile)?;
+    let profile = parse_profile(&args.run.profile)?;
     ensure!(
         args.rows >= 1 && args.cols >= 1 && args.batch >= 1,
         "--rows, --cols and --batch must be at least 1"
     );
-    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.run.seed);
     let mut random = |n: usize| -> Vec<i8> { (0..n).map(|_| rng.gen_range(-128..=127)).collect() };
     let a = Rows::I8 {
         width: args.cols,
@@ -688,8 +695,13 @@ pub fn batch(args: BatchArgs) -> Result<()> {
     let started = Instant::now();
     let prover = Prover::new(profile);
     let setup_s = started.elapsed().as_secs_f64();
-    let (y, cert, stats) =
-        starkscale_cairo::batch_prove::prove_batch(&a, &x, &prover, args.segment_blocks, 1 << 26)?;
+    let (y, cert, stats) = starkscale_cairo::batch_prove::prove_batch(
+        &a,
+        &x,
+        &prover,
+        args.run.segment_blocks,
+        1 << 26,
+    )?;
     let bytes = cert.to_bytes();
     let verified = verify_batch(
         &bytes,
@@ -747,16 +759,8 @@ pub fn batch(args: BatchArgs) -> Result<()> {
         verify_s: verified.verify_s,
     };
     println!("{}", serde_json::to_string(&report)?);
-    if !args.json {
-        for p in &stats.proofs {
-            eprintln!(
-                "  {}: {} steps, {:.1} s, {:.2} GB peak",
-                p.what,
-                p.steps,
-                p.prove_s,
-                p.peak_rss_bytes as f64 / 1e9
-            );
-        }
+    if !args.run.json {
+        print_proofs(&stats.proofs);
         eprintln!(
             "{}x{}x{}: {:.0} s, {:.2} M effective MAC/s, {} proofs, {:.2} GB peak, verify {:.3} s",
             report.rows,
@@ -770,4 +774,198 @@ pub fn batch(args: BatchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct InferenceArgs {
+    /// Layer widths, input first: 784,1024,1024,10 is a 3-layer MLP on 784 inputs.
+    #[arg(long, default_value = "784,1024,1024,10", value_delimiter = ',')]
+    layers: Vec<usize>,
+    /// Inputs in the batch.
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+    #[command(flatten)]
+    run: InProcess,
+}
+
+#[derive(Serialize, Debug)]
+struct InferenceReport {
+    layers: Vec<usize>,
+    batch: usize,
+    profile: &'static str,
+    /// Σ M·K·B over the layers.
+    macs: u64,
+    /// From the inputs to a verified certificate, the prover's setup included.
+    wall_s: f64,
+    proofs: usize,
+    steps: usize,
+    native_s: f64,
+    run_s: f64,
+    prove_s: f64,
+    /// Proving seconds of the weights, inputs and layer segments, and of the root.
+    prove_s_by_kind: [f64; 4],
+    /// Output elements the layer segments proved (Σ B·M) and their Cairo steps per element
+    /// (an outputs segment without the epilogue takes about 3.5).
+    layer_elements: usize,
+    layer_steps_per_element: f64,
+    /// The layer segments' share of all proving time.
+    layer_prove_share: f64,
+    peak_rss_bytes: u64,
+    certificate_bytes: usize,
+    verify_s: f64,
+}
+
+/// A random MLP of the given widths whose epilogues keep activations spread over int8: ReLU
+/// on hidden layers, per-channel scales around 1/(128·√K)·40.
+fn random_model(
+    rng: &mut rand::rngs::StdRng,
+    widths: &[usize],
+) -> Result<starkscale_cairo::layer::Model> {
+    use starkscale_cairo::batch::Rows;
+    use starkscale_cairo::layer::{Epilogue, InputQuant, Layer, Model, Requant};
+    let mut layers = Vec::new();
+    for (n, w) in widths.windows(2).enumerate() {
+        let (k, m) = (w[0], w[1]);
+        let hidden = n + 2 < widths.len();
+        let zero_point = if hidden {
+            -128
+        } else {
+            rng.gen_range(-20..=20)
+        };
+        let scale = 40.0 / (128.0 * 128.0 * (k as f64).sqrt());
+        let requant = (0..m)
+            .map(|_| Requant::from_scale(scale * rng.gen_range(0.5..1.5)))
+            .collect::<Result<Vec<_>, _>>()?;
+        layers.push(Layer {
+            weights: Rows::I8 {
+                width: k,
+                data: (0..m * k).map(|_| rng.gen_range(-128..=127)).collect(),
+            },
+            epilogue: Epilogue {
+                bias: (0..m).map(|_| rng.gen_range(-20_000..=20_000)).collect(),
+                requant,
+                zero_point,
+                lo: -128,
+                hi: 127,
+            },
+        });
+    }
+    Ok(Model {
+        input: InputQuant {
+            scale: 1.0 / 255.0,
+            zero_point: -128,
+        },
+        layers,
+    })
+}
+
+/// Proves a random MLP on a random batch in this process and verifies the certificate.
+pub fn inference(args: InferenceArgs) -> Result<()> {
+    use starkscale_cairo::batch::Rows;
+    use starkscale_cairo::inference::model_commitment;
+    use starkscale_cairo::inference_certificate::{verify_inference, InferenceExpect};
+    let profile = parse_profile(&args.run.profile)?;
+    ensure!(
+        args.layers.len() >= 2 && args.layers.iter().all(|&d| d >= 1) && args.batch >= 1,
+        "--layers needs at least two widths of at least 1, --batch at least 1"
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.run.seed);
+    let model = random_model(&mut rng, &args.layers)?;
+    let x = Rows::I8 {
+        width: args.layers[0],
+        data: (0..args.batch * args.layers[0])
+            .map(|_| rng.gen_range(-128..=127))
+            .collect(),
+    };
+    let started = Instant::now();
+    let prover = Prover::new(profile);
+    let (inference, cert, stats) = starkscale_cairo::inference_prove::prove_inference(
+        &model,
+        &x,
+        &prover,
+        args.run.segment_blocks,
+        1 << 26,
+    )?;
+    let bytes = cert.to_bytes();
+    let commitment = model_commitment(&model);
+    let verified = verify_inference(
+        &bytes,
+        &InferenceExpect {
+            model_commitment: Some(&commitment),
+            x: Some(&x),
+            logits: Some(inference.logits()),
+            allow_test: true,
+        },
+    )
+    .context("verifying the benchmark certificate")?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let mut by_kind = [0.0; 4];
+    let (mut layer_steps, mut layer_elements) = (0, 0);
+    for p in &stats.proofs {
+        let kind = if p.what.contains("weights") {
+            0
+        } else if p.what.starts_with("inputs") {
+            1
+        } else if p.what.contains("outputs") {
+            layer_steps += p.steps;
+            2
+        } else {
+            3
+        };
+        by_kind[kind] += p.prove_s;
+    }
+    for w in args.layers.windows(2) {
+        layer_elements += w[1] * args.batch;
+    }
+    let macs = args
+        .layers
+        .windows(2)
+        .map(|w| (w[0] * w[1] * args.batch) as u64)
+        .sum();
+    let report = InferenceReport {
+        layers: args.layers.clone(),
+        batch: args.batch,
+        profile: profile.name(),
+        macs,
+        wall_s,
+        proofs: cert.proofs.len(),
+        steps: stats.steps,
+        native_s: stats.native_s,
+        run_s: stats.run_s,
+        prove_s: stats.prove_s,
+        prove_s_by_kind: by_kind,
+        layer_elements,
+        layer_steps_per_element: layer_steps as f64 / layer_elements as f64,
+        layer_prove_share: by_kind[2] / stats.prove_s,
+        peak_rss_bytes: starkscale_common::rss::peak_rss_bytes(),
+        certificate_bytes: bytes.len(),
+        verify_s: verified.verify_s,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    if !args.run.json {
+        print_proofs(&stats.proofs);
+        eprintln!(
+            "{:?} x {}: {:.0} s, {} proofs, {:.2} GB peak, verify {:.3} s",
+            report.layers,
+            report.batch,
+            report.wall_s,
+            report.proofs,
+            report.peak_rss_bytes as f64 / 1e9,
+            report.verify_s
+        );
+    }
+    Ok(())
+}
+
+/// One line per proof of an in-process benchmark: what it was, its steps, time and memory.
+fn print_proofs(proofs: &[starkscale_cairo::batch_prove::ProofStats]) {
+    for p in proofs {
+        eprintln!(
+            "  {}: {} steps, {:.1} s, {:.2} GB peak",
+            p.what,
+            p.steps,
+            p.prove_s,
+            p.peak_rss_bytes as f64 / 1e9
+        );
+    }
 }

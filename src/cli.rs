@@ -196,6 +196,9 @@ enum BenchCommand {
     /// Prove a random batch job Y = A·X in this process; report throughput, memory and the
     /// certificate's size and verification time.
     Batch(bench::BatchArgs),
+    /// Prove a random quantized MLP on a random batch in this process; report time, memory, the
+    /// epilogue's cost per output element and the certificate's verification time.
+    Inference(bench::InferenceArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -212,6 +215,7 @@ pub fn main() -> ExitCode {
         Command::Bench(BenchCommand::Plan(args)) => serve(|_| bench::plan(args)),
         Command::Bench(BenchCommand::Reconcile(args)) => serve(|_| bench::reconcile(args)),
         Command::Bench(BenchCommand::Batch(args)) => bench::batch(args),
+        Command::Bench(BenchCommand::Inference(args)) => bench::inference(args),
         Command::Worker(config) => serve(|shutdown| async move {
             serve_metrics(metrics::Role::Worker, config.metrics_addr).await?;
             Ok(starkscale_worker::run(config, shutdown).await?)

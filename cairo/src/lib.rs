@@ -13,6 +13,11 @@
 //! - [`proof`]: the compact binary [`TileProof`] envelope.
 //! - [`verify`]: [`verify_tile`] pins program hash, preprocessed root and parameters, and never
 //!   panics on hostile bytes.
+//! - [`batch`], [`batch_certificate`], [`batch_prove`]: batched products Y = A·X checked by a
+//!   randomized test (`docs/batch.md`).
+//! - [`layer`], [`layer_segment`]: a quantized layer's integer epilogue and the kernel that
+//!   proves it; [`inference`], [`inference_certificate`], [`inference_prove`]: a whole MLP on a
+//!   batch, its layers chained by the inference root (`docs/inference.md`).
 
 pub mod batch;
 pub mod batch_certificate;
