@@ -184,12 +184,13 @@ LAYER_CARRIED = {
 }
 # Per entry and pass, pushed by the prologue from `par`: the multiplier m_i, the constant
 # C_i = (bias_i - 2^31) m_i + 2^30 (the stored offset and the first rounding's half folded in),
-# H_i = 2^(e_i - 1) and G_i = 1 (0 and 0 when e_i = 0), POW_i = 2^e_i, SC_i = 2^(96 - e_i), and
-# X_i: V_i (hidden: the next layer's multiplier) or the logit word's offset (final).
+# H_i = 2^(30 + e_i) and G_i = 2^31 (0 and 0 when e_i = 0), POW_i = 2^(31 + e_i),
+# SC_i = 2^(65 - e_i), and X_i: V_i (hidden: the next layer's multiplier) or the logit word's
+# offset (final).
 LAYER_PARAMS = ["MUL", "C", "H", "G", "POW", "SC", "X"]
-LAYER_HINTS = ["q", "neg", "v", "p", "z"]  # per entry, written by the row hint
-LAYER_RC_PER_ENTRY = 9
-SMALL = 2**50  # q and v are range-checked as q + 2^50 < 2^96
+LAYER_HINTS = ["neg", "v", "p", "z"]  # per entry, written by the row hint
+LAYER_RC_PER_ENTRY = 7
+SMALL = 2**50  # v is range-checked as v + 2^50 < 2^96
 
 
 def gen_layer_pass(name, variant):
@@ -212,8 +213,8 @@ def gen_layer_pass(name, variant):
     cells = Cells(0)
     i_w = cells.take(WORDS)
     i_h = cells.take(len(LAYER_HINTS) * WORDS)
-    per_entry = ["p0", "p1", "t31", "r1", "r1s", "qb", "a", "a1", "a2", "w2", "gn", "s2", "s3",
-                 "vp", "r2", "r2s", "vb", "av", "pa", "rz", "pz", "x"]
+    per_entry = ["p0", "p1", "a", "a1", "a2", "w2", "gn", "s2", "s3", "vp", "r2", "r2s", "vb",
+                 "av", "pa", "rz", "pz", "x"]
     i_e = cells.take(len(per_entry) * WORDS)
     i_zw = cells.take(WORDS) if variant == "final" else None
     i_p = cells.take(WORDS)
@@ -272,25 +273,21 @@ def gen_layer_pass(name, variant):
         w = i_w + q
         h = {n: i_h + len(LAYER_HINTS) * q + j for j, n in enumerate(LAYER_HINTS)}
         x = {n: i_e + len(per_entry) * q + j for j, n in enumerate(per_entry)}
-        # q = floor((y + bias) m / 2^31 + 1/2): p1 = w m + C = q 2^31 + r1, 0 <= r1 < 2^31.
+        # Both roundings as one division: with p1 = w m + C = (y + bias) m + 2^30, gemmlowp's
+        # q = floor(p1 / 2^31) and v = floor((q + 2^(e-1) - [q < 0]) / 2^e) make
+        # v = floor((p1 + H - G neg) / 2^(31+e)), H = 2^(30+e), G = 2^31 (both 0 for e = 0),
+        # and [q < 0] = [p1 < 0]. So s3 = p1 + H - G neg = v POW + r2, 0 <= r2 < POW = 2^(31+e).
         e(f"{A(x['p0'])} = {A(w)} * {par(q, 'MUL')};")
         e(f"{A(x['p1'])} = {A(x['p0'])} + {par(q, 'C')};")
-        e(f"{A(x['t31'])} = {A(h['q'])} * {2**31};")
-        e(f"{A(x['p1'])} = {A(x['r1'])} + {A(x['t31'])};")
-        e(f"{A(x['r1s'])} = {A(x['r1'])} * {2**65};")
-        rc(x["r1s"])
-        e(f"{A(x['qb'])} = {A(h['q'])} + {SMALL};")
-        rc(x["qb"])
-        # neg = [q < 0]: a bit, and q - neg (2q + 1) (q, or -q - 1) is non-negative.
+        # neg = [p1 < 0]: a bit, and p1 - neg (2 p1 + 1) (p1, or -p1 - 1) is non-negative.
         e(f"{A(h['neg'])} = {A(h['neg'])} * {A(h['neg'])};")
-        e(f"{A(x['a'])} = {A(h['q'])} + {A(h['q'])};")
+        e(f"{A(x['a'])} = {A(x['p1'])} + {A(x['p1'])};")
         e(f"{A(x['a1'])} = {A(x['a'])} + 1;")
         e(f"{A(x['a2'])} = {A(h['neg'])} * {A(x['a1'])};")
-        e(f"{A(h['q'])} = {A(x['w2'])} + {A(x['a2'])};")
+        e(f"{A(x['p1'])} = {A(x['w2'])} + {A(x['a2'])};")
         rc(x["w2"])
-        # v = floor((q + H - G neg) / 2^e): s3 = v POW + r2, 0 <= r2 < 2^e.
         e(f"{A(x['gn'])} = {A(h['neg'])} * {par(q, 'G')};")
-        e(f"{A(x['s2'])} = {A(h['q'])} + {par(q, 'H')};")
+        e(f"{A(x['s2'])} = {A(x['p1'])} + {par(q, 'H')};")
         e(f"{A(x['s2'])} = {A(x['s3'])} + {A(x['gn'])};")
         e(f"{A(x['vp'])} = {A(h['v'])} * {par(q, 'POW')};")
         e(f"{A(x['s3'])} = {A(x['r2'])} + {A(x['vp'])};")

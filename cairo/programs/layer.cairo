@@ -233,17 +233,17 @@ func channel_params{range_check_ptr}(par: felt*, words: felt*, n, pow2: felt*, x
         assert par[2] = 0;
         assert par[3] = 0;
     } else {
-        assert par[2] = pow2[e - 1];
-        assert par[3] = 1;
+        assert par[2] = pow2[30 + e];
+        assert par[3] = 2 ** 31;
     }
-    assert par[4] = pow2[e];
-    assert par[5] = pow2[96 - e];
+    assert par[4] = pow2[31 + e];
+    assert par[5] = pow2[65 - e];
     assert par[6] = x[0];
     return channel_params(par + NPAR, words + 4, n - 1, pow2, x + 1);
 }
 
 // Padding positions (their y is 0, which the product check enforces): a zero multiplier and
-// no shift, so q = v = 0.
+// no shift, so v = floor(2^30 / 2^31) = 0.
 func padding_params(par: felt*, n, pow2: felt*, x: felt*) {
     if (n == 0) {
         return ();
@@ -252,8 +252,8 @@ func padding_params(par: felt*, n, pow2: felt*, x: felt*) {
     assert par[1] = 2 ** 30;
     assert par[2] = 0;
     assert par[3] = 0;
-    assert par[4] = 1;
-    assert par[5] = pow2[96];
+    assert par[4] = 2 ** 31;
+    assert par[5] = pow2[65];
     assert par[6] = x[0];
     return padding_params(par + NPAR, n - 1, pow2, x + 1);
 }

@@ -35,9 +35,23 @@ pub const KIND_INFER_ROOT: u32 = 10;
 pub const KIND_MODEL: u32 = 11;
 /// Layers a model may have (`programs/infer_root.cairo`).
 pub const MAX_LAYERS: usize = 64;
-/// A layer segment proves ~41 Cairo steps per entry against ~3.5 for an outputs segment: it gets
-/// this fraction of a segment's compressions so that its proof's memory stays comparable.
-pub const LAYER_BLOCKS_DIVISOR: usize = 4;
+/// Cairo steps a layer segment may take per compression of the segment budget: at the default
+/// 4,096 compressions, about 10^6 steps, which fills (but does not pass) a 2^20-row trace.
+pub const LAYER_STEPS_PER_BLOCK: usize = 244;
+/// What planning counts a layer segment's steps as, per padded output position and per padded
+/// channel (hashing the parameters and the next layer's V, deriving each channel's constants),
+/// slightly above the measured 32.4 and 160 of a hidden layer (`docs/inference.md`).
+const LAYER_STEPS_PER_ENTRY: usize = 34;
+const LAYER_STEPS_PER_CHANNEL: usize = 170;
+
+/// Rows per layer segment for a layer of `shape` within `blocks` compressions' worth of steps
+/// (at least one).
+pub fn layer_segment_rows(shape: &Shape, blocks: usize) -> usize {
+    let positions = Stream::Outputs.chunks(shape) * 16;
+    let budget = blocks * LAYER_STEPS_PER_BLOCK;
+    let free = budget.saturating_sub(positions * LAYER_STEPS_PER_CHANNEL);
+    (free / (positions * LAYER_STEPS_PER_ENTRY)).clamp(1, shape.b)
+}
 
 /// A layer's weights commitment: the weights-stream commitment of its M × K matrix (the same
 /// value `starkscale commit --batch` prints for it).
@@ -248,7 +262,7 @@ impl<'a> Inference<'a> {
 
     /// The tasks in the root's order — every layer's weights segments, the inputs segments,
     /// every layer's layer segments — each of at most `blocks` compressions (int8 streams half,
-    /// layer segments a [`LAYER_BLOCKS_DIVISOR`]th).
+    /// layer segments [`layer_segment_rows`]).
     pub fn plan(&self, blocks: usize) -> Vec<TaskSpec> {
         let mut out = Vec::new();
         for (layer, run) in self.layers.iter().enumerate() {
@@ -267,12 +281,12 @@ impl<'a> Inference<'a> {
             });
         }
         for (layer, run) in self.layers.iter().enumerate() {
-            let limit = (blocks / LAYER_BLOCKS_DIVISOR).max(1);
-            for s in plan_stream(Stream::Outputs, &run.shape, limit) {
+            let per = layer_segment_rows(&run.shape, blocks);
+            for row0 in (0..run.shape.b).step_by(per) {
                 out.push(TaskSpec::Layer {
                     layer,
-                    row0: s.row0,
-                    rows: s.rows,
+                    row0,
+                    rows: per.min(run.shape.b - row0),
                 });
             }
         }

@@ -135,10 +135,11 @@ impl LayerSegmentInput {
     }
 }
 
-/// The values the row hint writes for one entry: q, neg, v, max(a, 0), min(max(a, 0), hi − lo)
-/// (programs/gen_batch_pass.py LAYER_HINTS), for accumulator y of a real channel or, for a
-/// padding position (`channel` None), for y = 0 with a zero multiplier.
-fn entry_hints(e: &Epilogue, channel: Option<usize>, y: i64) -> [Felt252; 5] {
+/// The values the row hint writes for one entry: neg = [q < 0] (q the first rounding's result),
+/// v, max(a, 0), min(max(a, 0), hi − lo) (programs/gen_batch_pass.py LAYER_HINTS), for
+/// accumulator y of a real channel or, for a padding position (`channel` None), for y = 0 with a
+/// zero multiplier.
+fn entry_hints(e: &Epilogue, channel: Option<usize>, y: i64) -> [Felt252; 4] {
     let (q, v) = match channel {
         Some(i) => {
             let q = high_mul(y + e.bias[i], e.requant[i].multiplier);
@@ -149,7 +150,7 @@ fn entry_hints(e: &Epilogue, channel: Option<usize>, y: i64) -> [Felt252; 5] {
     let a = v + e.zero_point as i64 - e.lo as i64;
     let p = a.max(0);
     let z = p.min(e.hi as i64 - e.lo as i64);
-    [q, (q < 0) as i64, v, p, z].map(Felt252::from)
+    [(q < 0) as i64, v, p, z].map(Felt252::from)
 }
 
 fn cells(words: impl IntoIterator<Item = u32>) -> Vec<MaybeRelocatable> {
@@ -165,7 +166,7 @@ pub fn run_layer_segment(
 }
 
 /// A dishonest prover's run for tests: the row hint's value `hint` (an index into
-/// [`entry_hints`]'s five) of the first entry is off by `delta`.
+/// [`entry_hints`]'s four) of the first entry is off by `delta`.
 #[doc(hidden)]
 pub fn run_layer_segment_with_bad_hint(
     input: &LayerSegmentInput,

@@ -422,3 +422,30 @@ fn a_tampered_inference_certificate_is_refused() {
         Err(BatchError::Malformed(_))
     ));
 }
+
+#[test]
+fn a_planned_layer_segment_fills_a_2_20_step_trace_without_passing_it() {
+    // Planning counts a layer segment's steps from per-entry and per-channel estimates; the run
+    // must stay inside one 2^20-row trace (or the proof doubles) and fill more than half of it.
+    for (dims, last) in [([64, 1024, 10], false), ([64, 10, 1024], true)] {
+        let model = model(12, &dims);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        let x = random_i8(&mut rng, 40, 64);
+        let inference = Inference::new(&model, &x).expect("valid inference");
+        let layer = usize::from(last);
+        let spec = inference
+            .plan(starkscale_cairo::batch::DEFAULT_SEGMENT_BLOCKS)
+            .into_iter()
+            .find(|s| matches!(s, TaskSpec::Layer { layer: l, .. } if *l == layer))
+            .expect("a layer segment");
+        let TaskInput::Layer(input) = inference.task(&spec) else {
+            unreachable!()
+        };
+        let steps = run_layer_segment(&input, STEPS).expect("runs").stats.steps;
+        assert!(
+            (1 << 19..=1 << 20).contains(&steps),
+            "{spec:?} of a 1024-wide {} layer takes {steps} steps",
+            if last { "final" } else { "hidden" }
+        );
+    }
+}
