@@ -10,6 +10,7 @@ use crate::batch::{self, plan_segments, Planner, RootInput, Rows, Stream};
 use crate::batch_certificate::BatchCertificate;
 use crate::program::Pinned;
 use crate::prove::Prover;
+use crate::run::ProgramRun;
 use crate::tree::Child;
 use crate::KernelError;
 
@@ -28,6 +29,29 @@ pub struct BatchStats {
     /// Every proof in order: what it was (a stream and its rows, or the root), its Cairo steps
     /// and its proving seconds.
     pub proofs: Vec<ProofStats>,
+}
+
+impl BatchStats {
+    /// Proves `run` (whose process peak was reset before it ran), counting its steps, times and
+    /// peak memory under `what`; returns the proof's bytes and the run's public output.
+    pub(crate) fn prove(
+        &mut self,
+        prover: &Prover,
+        run: ProgramRun,
+        what: String,
+    ) -> Result<(Vec<u8>, Vec<u32>), KernelError> {
+        self.steps += run.stats.steps;
+        self.run_s += run.stats.run_s + run.stats.adapt_s;
+        let (proof, prove_s) = prover.prove(run.input)?;
+        self.prove_s += prove_s;
+        self.proofs.push(ProofStats {
+            what,
+            steps: run.stats.steps,
+            prove_s,
+            peak_rss_bytes: rss::peak_rss_bytes(),
+        });
+        Ok((proof.to_bytes(), run.output))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -72,32 +96,23 @@ pub fn prove_batch(
     for (spec, input) in specs.iter().zip(plan.segments(&specs)) {
         rss::reset_peak_rss();
         let run = batch::run_segment(&input, max_steps)?;
-        stats.steps += run.stats.steps;
-        stats.run_s += run.stats.run_s + run.stats.adapt_s;
         let index = Stream::ALL
             .iter()
             .position(|s| *s == spec.stream)
             .unwrap_or(0);
         stats.blocks[index] += spec.rows * spec.stream.chunks(&plan.shape);
-        let steps = run.stats.steps;
-        let (proof, prove_s) = prover.prove(run.input)?;
-        stats.prove_s += prove_s;
         stats.segments += 1;
-        stats.proofs.push(ProofStats {
-            what: format!(
-                "{} rows {}..{}",
-                spec.stream.name(),
-                spec.row0,
-                spec.row0 + spec.rows
-            ),
-            steps,
-            prove_s,
-            peak_rss_bytes: rss::peak_rss_bytes(),
-        });
-        proofs.push(proof.to_bytes());
+        let what = format!(
+            "{} rows {}..{}",
+            spec.stream.name(),
+            spec.row0,
+            spec.row0 + spec.rows
+        );
+        let (proof, output) = stats.prove(prover, run, what)?;
+        proofs.push(proof);
         children[index].push(Child {
             program_hash,
-            output: run.output,
+            output,
         });
     }
     let [weights, inputs, outputs] = children;
@@ -111,18 +126,7 @@ pub fn prove_batch(
     let run = batch::run_root(&root_input, max_steps)?;
     let root = batch::RootOutput::from_words(&run.output)
         .map_err(|e| KernelError::Vm(format!("batch root wrote a malformed output: {e}")))?;
-    stats.steps += run.stats.steps;
-    stats.run_s += run.stats.run_s + run.stats.adapt_s;
-    let steps = run.stats.steps;
-    let (proof, prove_s) = prover.prove(run.input)?;
-    stats.prove_s += prove_s;
-    stats.proofs.push(ProofStats {
-        what: "root".into(),
-        steps,
-        prove_s,
-        peak_rss_bytes: rss::peak_rss_bytes(),
-    });
-    proofs.push(proof.to_bytes());
+    proofs.push(stats.prove(prover, run, "root".into())?.0);
     let cert = BatchCertificate {
         shape: plan.shape,
         a_commitment: root.a_commitment,

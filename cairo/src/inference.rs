@@ -20,12 +20,12 @@ use cairo_vm::types::relocatable::MaybeRelocatable;
 use cairo_vm::Felt252;
 
 use crate::batch::{
-    chain_digests, chain_states, challenge, commit, commitment, eight, plan_stream, weights_vector,
-    Rows, SegmentInput, Shape, Statement, Stream,
+    chain_digests, chain_states, challenge, commit, commitment, eight, plan_stream, run_segment,
+    weights_vector, Rows, SegmentInput, Shape, Statement, Stream,
 };
 use crate::encoding::{blake2s_words, Digest, Fact, FORMAT_VERSION};
 use crate::layer::Model;
-use crate::layer_segment::{logits_rows, LayerSegmentInput, Next};
+use crate::layer_segment::{logits_rows, run_layer_segment, LayerSegmentInput, Next};
 use crate::program::Pinned;
 use crate::run::{load_children, run_pinned, ProgramRun};
 use crate::tree::Child;
@@ -152,6 +152,24 @@ impl TaskSpec {
 pub enum TaskInput {
     Segment(SegmentInput),
     Layer(LayerSegmentInput),
+}
+
+impl TaskInput {
+    /// Runs the task's kernel: the run, and the pinned program that proves it.
+    pub fn run(&self, max_steps: usize) -> Result<(ProgramRun, Pinned), KernelError> {
+        match self {
+            TaskInput::Segment(input) => Ok((run_segment(input, max_steps)?, Pinned::Batch)),
+            TaskInput::Layer(input) => Ok((run_layer_segment(input, max_steps)?, Pinned::Layer)),
+        }
+    }
+
+    /// Blake2s compressions of the task's rows (one per chunk column and row).
+    pub fn blocks(&self) -> usize {
+        match self {
+            TaskInput::Segment(input) => input.rows() * input.chunks(),
+            TaskInput::Layer(input) => input.rows() * input.chunks(),
+        }
+    }
 }
 
 impl<'a> Inference<'a> {
@@ -379,6 +397,31 @@ pub struct InferRootInput {
 }
 
 impl InferRootInput {
+    /// No children yet, for `inference`'s layers.
+    pub fn for_inference(inference: &Inference) -> InferRootInput {
+        let layers = inference.layers.len();
+        InferRootInput {
+            batch: inference.batch(),
+            dims: inference
+                .layers
+                .iter()
+                .map(|l| (l.shape.m, l.shape.k))
+                .collect(),
+            weights: vec![Vec::new(); layers],
+            inputs: Vec::new(),
+            segments: vec![Vec::new(); layers],
+        }
+    }
+
+    /// Files the child proven for `spec` where the root reads it (tasks in plan order).
+    pub fn push(&mut self, spec: &TaskSpec, child: Child) {
+        match *spec {
+            TaskSpec::Weights { layer, .. } => self.weights[layer].push(child),
+            TaskSpec::Inputs { .. } => self.inputs.push(child),
+            TaskSpec::Layer { layer, .. } => self.segments[layer].push(child),
+        }
+    }
+
     pub fn children(&self) -> impl Iterator<Item = &Child> {
         self.weights
             .iter()

@@ -6,16 +6,11 @@ use std::time::Instant;
 
 use starkscale_common::rss;
 
-use crate::batch::run_segment;
 use crate::batch::Rows;
-use crate::batch_prove::{BatchStats, ProofStats};
-use crate::inference::{
-    run_infer_root, InferRootInput, InferRootOutput, Inference, TaskInput, TaskSpec,
-};
+use crate::batch_prove::BatchStats;
+use crate::inference::{run_infer_root, InferRootInput, InferRootOutput, Inference, TaskSpec};
 use crate::inference_certificate::InferenceCertificate;
 use crate::layer::Model;
-use crate::layer_segment::run_layer_segment;
-use crate::program::Pinned;
 use crate::prove::Prover;
 use crate::tree::Child;
 use crate::KernelError;
@@ -35,80 +30,35 @@ pub fn prove_inference<'a>(
         native_s: started.elapsed().as_secs_f64(),
         ..BatchStats::default()
     };
-    let layers = model.layers.len();
-    let mut root = InferRootInput {
-        batch: x.height(),
-        dims: inference
-            .layers
-            .iter()
-            .map(|l| (l.shape.m, l.shape.k))
-            .collect(),
-        weights: vec![Vec::new(); layers],
-        inputs: Vec::new(),
-        segments: vec![Vec::new(); layers],
-    };
+    let mut root = InferRootInput::for_inference(&inference);
     let mut proofs = Vec::new();
     for spec in inference.plan(blocks) {
         rss::reset_peak_rss();
-        let (run, program, blocks) = match inference.task(&spec) {
-            TaskInput::Segment(input) => {
-                let blocks = input.rows() * input.chunks();
-                (run_segment(&input, max_steps)?, Pinned::Batch, blocks)
-            }
-            TaskInput::Layer(input) => {
-                let blocks = input.rows() * input.chunks();
-                (run_layer_segment(&input, max_steps)?, Pinned::Layer, blocks)
-            }
+        let task = inference.task(&spec);
+        let (run, program) = task.run(max_steps)?;
+        let kind = match spec {
+            TaskSpec::Weights { .. } => 0,
+            TaskSpec::Inputs { .. } => 1,
+            TaskSpec::Layer { .. } => 2,
         };
-        stats.steps += run.stats.steps;
-        stats.run_s += run.stats.run_s + run.stats.adapt_s;
-        let steps = run.stats.steps;
-        let child = Child {
-            program_hash: program.hash(),
-            output: run.output,
-        };
-        match spec {
-            TaskSpec::Weights { layer, .. } => {
-                stats.blocks[0] += blocks;
-                root.weights[layer].push(child);
-            }
-            TaskSpec::Inputs { .. } => {
-                stats.blocks[1] += blocks;
-                root.inputs.push(child);
-            }
-            TaskSpec::Layer { layer, .. } => {
-                stats.blocks[2] += blocks;
-                root.segments[layer].push(child);
-            }
-        }
-        let (proof, prove_s) = prover.prove(run.input)?;
-        stats.prove_s += prove_s;
+        stats.blocks[kind] += task.blocks();
         stats.segments += 1;
-        stats.proofs.push(ProofStats {
-            what: spec.describe(),
-            steps,
-            prove_s,
-            peak_rss_bytes: rss::peak_rss_bytes(),
-        });
-        proofs.push(proof.to_bytes());
+        let (proof, output) = stats.prove(prover, run, spec.describe())?;
+        proofs.push(proof);
+        root.push(
+            &spec,
+            Child {
+                program_hash: program.hash(),
+                output,
+            },
+        );
     }
     rss::reset_peak_rss();
     let run = run_infer_root(&root, max_steps)?;
     let statement = InferRootOutput::from_words(&run.output).map_err(|e| {
         KernelError::Vm(format!("the inference root wrote a malformed output: {e}"))
     })?;
-    stats.steps += run.stats.steps;
-    stats.run_s += run.stats.run_s + run.stats.adapt_s;
-    let steps = run.stats.steps;
-    let (proof, prove_s) = prover.prove(run.input)?;
-    stats.prove_s += prove_s;
-    stats.proofs.push(ProofStats {
-        what: "root".into(),
-        steps,
-        prove_s,
-        peak_rss_bytes: rss::peak_rss_bytes(),
-    });
-    proofs.push(proof.to_bytes());
+    proofs.push(stats.prove(prover, run, "root".into())?.0);
     let cert = InferenceCertificate {
         batch: statement.batch,
         dims: statement.dims,

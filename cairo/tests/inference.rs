@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use rand::{Rng, SeedableRng};
-use starkscale_cairo::batch::{commit, run_segment, Rows, Stream};
+use starkscale_cairo::batch::{commit, Rows, Stream};
 use starkscale_cairo::batch_certificate::BatchError;
 use starkscale_cairo::inference::{
     model_commitment, run_infer_root, InferRootInput, InferRootOutput, Inference, TaskInput,
@@ -75,36 +75,16 @@ fn model(seed: u64, dims: &[usize]) -> Model {
 /// Runs every planned task of `inference` in cairo-vm and groups the children as the root
 /// reads them.
 fn children(inference: &Inference, blocks: usize) -> InferRootInput {
-    let layers = inference.layers.len();
-    let mut root = InferRootInput {
-        batch: inference.batch(),
-        dims: inference
-            .layers
-            .iter()
-            .map(|l| (l.shape.m, l.shape.k))
-            .collect(),
-        weights: vec![Vec::new(); layers],
-        inputs: Vec::new(),
-        segments: vec![Vec::new(); layers],
-    };
+    let mut root = InferRootInput::for_inference(inference);
     for spec in inference.plan(blocks) {
-        let child = match inference.task(&spec) {
-            TaskInput::Segment(input) => Child {
-                program_hash: Pinned::Batch.hash(),
-                output: run_segment(&input, STEPS).expect("segment runs").output,
+        let (run, program) = inference.task(&spec).run(STEPS).expect("the task runs");
+        root.push(
+            &spec,
+            Child {
+                program_hash: program.hash(),
+                output: run.output,
             },
-            TaskInput::Layer(input) => Child {
-                program_hash: Pinned::Layer.hash(),
-                output: run_layer_segment(&input, STEPS)
-                    .expect("layer segment runs")
-                    .output,
-            },
-        };
-        match spec {
-            TaskSpec::Weights { layer, .. } => root.weights[layer].push(child),
-            TaskSpec::Inputs { .. } => root.inputs.push(child),
-            TaskSpec::Layer { layer, .. } => root.segments[layer].push(child),
-        }
+        );
     }
     root
 }
