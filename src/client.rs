@@ -8,10 +8,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use starkscale_cairo::encoding::blake2s_words;
+use starkscale_cairo::inference::model_commitment;
 use starkscale_cairo::Profile;
 use starkscale_common::broker::{AmqpBroker, Broker, Consumer, Headers, MemoryBroker, Topology};
 use starkscale_common::config::FleetConfig;
-use starkscale_common::job::{CancelRequest, MatrixInput, VectorInput};
+use starkscale_common::job::{CancelRequest, MatrixInput, ModelInput, VectorInput};
 use starkscale_common::messages::{JobProgress, JobResult, JobStatus, Keys};
 use starkscale_common::store::{MemoryStore, RedisStore, Store};
 use starkscale_common::{JobLimits, JobSpec};
@@ -45,7 +46,8 @@ pub struct SubmitArgs {
     #[arg(long, default_value_t = 3600)]
     pub timeout_s: u64,
     /// Upload inputs given by `path` to Redis and reference them by key, for a fleet that
-    /// cannot read this machine's files.
+    /// cannot read this machine's files; a model is uploaded under its commitment, by which
+    /// later jobs can name it (`"model": {"commitment": C}`).
     #[arg(long)]
     pub upload: bool,
     /// How long uploaded inputs live, in seconds.
@@ -326,8 +328,20 @@ async fn upload_inputs(
         eprintln!("uploaded {path} ({} bytes) to {key}", bytes.len());
         Ok::<_, anyhow::Error>(key)
     };
-    if let MatrixInput::Path(path) = &spec.a {
-        spec.a = MatrixInput::RedisKey(upload(path.clone()).await?);
+    if let Some(MatrixInput::Path(path)) = &spec.a {
+        spec.a = Some(MatrixInput::RedisKey(upload(path.clone()).await?));
+    }
+    if let Some(ModelInput::Path(path)) = &spec.model {
+        // A model is stored under its commitment: later jobs name it by that alone.
+        let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+        let model = starkscale_onnx::from_bytes(&bytes)
+            .with_context(|| format!("importing {path}"))?
+            .model;
+        let commitment = model_commitment(&model).to_hex();
+        let key = keys.model(&commitment);
+        store.put(&key, &bytes, ttl).await?;
+        eprintln!("uploaded {path} ({} bytes) to {key}", bytes.len());
+        spec.model = Some(ModelInput::Commitment(commitment));
     }
     if let VectorInput::Path(path) = &spec.x {
         spec.x = VectorInput::RedisKey(upload(path.clone()).await?);

@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 use starkscale_cairo::batch::{Rows, DEFAULT_SEGMENT_BLOCKS};
 use starkscale_cairo::encoding::Digest;
-use starkscale_cairo::inference::model_commitment;
+use starkscale_cairo::inference::{model_commitment, model_inputs};
 use starkscale_cairo::inference_certificate::{verify_inference, InferenceExpect};
 use starkscale_cairo::inference_prove::prove_inference;
 use starkscale_cairo::layer::{argmax, Model};
@@ -80,31 +80,21 @@ pub fn load_model(path: &Path) -> Result<Model> {
 /// quantization (which needs the model).
 pub fn load_inputs(path: &Path, model: Option<&Model>) -> Result<Rows> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if let Ok((shape, values)) = npy::parse_f32(&bytes) {
-        let model = model.with_context(|| {
-            format!(
-                "{} holds float inputs: give the model (--model) to quantize them",
-                path.display()
-            )
-        })?;
-        let [b, k] = shape[..] else {
-            anyhow::bail!(
-                "{}: inputs must be 2-D (one per row), not {shape:?}",
-                path.display()
-            );
-        };
-        anyhow::ensure!(b > 0 && k > 0, "{}: no inputs", path.display());
-        return Ok(Rows::I8 {
-            width: k,
-            data: values.iter().map(|&v| model.input.quantize(v)).collect(),
-        });
-    }
-    let m = Matrix::from_bytes(&bytes, Dtype::I8).with_context(|| {
+    let what = || {
         format!(
-            "{}: inputs must be a 2-D float32 or int8 .npy (or JSON rows of int8)",
+            "{}: inputs must be a float32 or int8 .npy (or JSON rows of int8)",
             path.display()
         )
-    })?;
+    };
+    if let Some(model) = model {
+        return model_inputs(&bytes, model).with_context(what);
+    }
+    anyhow::ensure!(
+        npy::parse_f32(&bytes).is_err(),
+        "{} holds float inputs: give the model (--model) to quantize them",
+        path.display()
+    );
+    let m = Matrix::from_bytes(&bytes, Dtype::I8).with_context(what)?;
     Ok(Rows::int8(m.cols(), m.data()))
 }
 

@@ -311,7 +311,7 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
                 "\"kind\"",
                 "\"segment_blocks\":1024,\"kind\"",
             ),
-            "a matmul job's option",
+            "a matmul or inference job's option",
         ),
         (
             job(
@@ -337,8 +337,123 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
             "value 300 at index 5 is out of range for i8",
         ),
     ]);
-    let hostile: Vec<(String, &str)> = hostile.into_iter().chain(hostile_batches).collect();
-    assert!(hostile.len() >= 30);
+    // Inference jobs: a model instead of A, refused at planning with the reason named.
+    let wrong_commitment = "ab".repeat(32);
+    fleet
+        .store
+        .put(
+            &fleet.keys.model(&wrong_commitment),
+            &std::fs::read(digits_model("gemm-qdq-tensor")).unwrap(),
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    let infer = |id: &str, model: serde_json::Value, x: serde_json::Value| {
+        serde_json::json!({
+            "schema_version": 1, "job_id": id, "kind": "inference", "model": model, "x": x,
+        })
+        .to_string()
+    };
+    let inputs = || serde_json::json!({"inline": [vec![0; 64]]});
+    let by_path = |form: &str| serde_json::json!({"path": digits_model(form)});
+    let hostile_inference: Vec<(String, &str)> = vec![
+        (
+            job("h-inf-a", "matvec", "inference"),
+            "an inference job names its model",
+        ),
+        (
+            infer("h-inf-matvec", by_path("gemm-qdq-tensor"), inputs())
+                .replace("inference", "matvec"),
+            "a matvec job names its matrix",
+        ),
+        (
+            infer(
+                "h-inf-no-file",
+                serde_json::json!({"path": "/nonexistent/m.onnx"}),
+                inputs(),
+            ),
+            "model: /nonexistent/m.onnx",
+        ),
+        (
+            infer(
+                "h-inf-dev-zero",
+                serde_json::json!({"path": "/dev/zero"}),
+                inputs(),
+            ),
+            "not a regular file",
+        ),
+        (
+            infer("h-inf-float", by_path("gemm-float"), inputs()),
+            "model: ",
+        ),
+        (
+            infer(
+                "h-inf-garbage",
+                serde_json::json!({"redis_key": garbage_key}),
+                inputs(),
+            ),
+            "model: ",
+        ),
+        (
+            infer(
+                "h-inf-absent",
+                serde_json::json!({"commitment": "cd".repeat(32)}),
+                inputs(),
+            ),
+            "no input at Redis key",
+        ),
+        (
+            infer(
+                "h-inf-short-commitment",
+                serde_json::json!({"commitment": "abc"}),
+                inputs(),
+            ),
+            "is not 64 hex digits",
+        ),
+        (
+            infer(
+                "h-inf-forged-upload",
+                serde_json::json!({"commitment": wrong_commitment}),
+                inputs(),
+            ),
+            "has commitment",
+        ),
+        (
+            infer(
+                "h-inf-width",
+                by_path("gemm-qdq-tensor"),
+                serde_json::json!({"inline": [vec![0; 63]]}),
+            ),
+            "the model takes inputs of 64 entries",
+        ),
+        (
+            infer(
+                "h-inf-range",
+                by_path("gemm-qdq-tensor"),
+                serde_json::json!({"inline": [vec![200; 64]]}),
+            ),
+            "out of range for i8",
+        ),
+        (
+            infer(
+                "h-inf-x-key",
+                by_path("gemm-qdq-tensor"),
+                serde_json::json!({"redis_key": garbage_key}),
+            ),
+            "invalid x",
+        ),
+        (
+            infer("h-inf-tile", by_path("gemm-qdq-tensor"), inputs())
+                .replace("\"kind\"", "\"tile_rows\":8,\"kind\""),
+            "tile_rows is a matvec and matmul job's option",
+        ),
+    ];
+    let hostile: Vec<(String, &str)> = hostile
+        .into_iter()
+        .chain(hostile_batches)
+        .chain(hostile_inference)
+        .collect();
+    assert!(hostile.len() >= 45);
     for (body, _) in &hostile {
         fleet.publish(&fleet.topology.jobs(), body.as_bytes()).await;
     }
@@ -394,7 +509,11 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
         .filter_map(|v| v["job_id"].as_str().map(str::to_string))
         .collect();
     ids.push("good".into());
-    fleet.store.delete(&[garbage_key]).await.unwrap();
+    fleet
+        .store
+        .delete(&[garbage_key, fleet.keys.model(&wrong_commitment)])
+        .await
+        .unwrap();
     for (name, _) in &batch_keys {
         fleet.store.delete(&[batch_key(name)]).await.unwrap();
     }
@@ -778,4 +897,163 @@ async fn matmul_jobs_are_proven_in_segments_and_certified_against_x_and_y() {
     };
     assert_eq!(verify_certificate(&cert, &expect).unwrap().y, native_one[0]);
     fleet.clean_up(&["mm", "mm-one"]).await;
+}
+
+fn digits_model(form: &str) -> String {
+    format!(
+        "{}/tests/models/digits-{form}.onnx",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// An inference job on the fleet: the digits MLP by path over the whole test split (450 float
+/// inputs by path), proven as weights, inputs and layer segments and the inference root; the
+/// logits stored by key are the native ones, and the certificate verifies against the model
+/// commitment, the quantized inputs and the logits — and not against other logits. The same
+/// model uploaded once is then named by its commitment alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_jobs_are_proven_in_segments_and_certified_against_model_inputs_and_logits() {
+    use starkscale_cairo::inference::{model_commitment, model_inputs, Inference};
+    use starkscale_cairo::inference_certificate::{verify_inference, InferenceExpect};
+
+    let mut fleet = Fleet::new("inference").await;
+    let mut results = fleet.client.subscribe_results("#").await.unwrap();
+    fleet.coordinator();
+    fleet.worker("w1");
+    let model_path = digits_model("gemm-qdq-channel");
+    let x_path = format!(
+        "{}/tests/models/digits-test-x.npy",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let model_bytes = std::fs::read(&model_path).unwrap();
+    let model = starkscale_onnx::from_bytes(&model_bytes).unwrap().model;
+    let x = model_inputs(&std::fs::read(&x_path).unwrap(), &model).unwrap();
+    let native = Inference::new(&model, &x).unwrap();
+    let commitment = model_commitment(&model);
+
+    // Uploaded once under its commitment: a second job names the model by that alone, with
+    // two of the inputs inline.
+    fleet
+        .store
+        .put(
+            &fleet.keys.model(&commitment.to_hex()),
+            &model_bytes,
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    let two: Vec<Vec<i64>> = (0..2)
+        .map(|r| (0..64).map(|c| x.get(r, c)).collect())
+        .collect();
+    let jobs = [
+        serde_json::json!({
+            "schema_version": 1, "job_id": "inf", "kind": "inference",
+            "model": {"path": model_path}, "x": {"path": x_path},
+        }),
+        serde_json::json!({
+            "schema_version": 1, "job_id": "inf-two", "kind": "inference",
+            "model": {"commitment": commitment.to_hex()}, "x": {"inline": two},
+        }),
+    ];
+    for job in &jobs {
+        fleet
+            .publish(&fleet.topology.jobs(), job.to_string().as_bytes())
+            .await;
+    }
+    let mut ended = std::collections::HashMap::new();
+    while ended.len() < 2 {
+        let result = next_result(&mut results).await;
+        ended.insert(result.job_id.clone(), result);
+    }
+
+    let result = &ended["inf"];
+    assert_eq!(result.status, JobStatus::Succeeded, "{:?}", result.error);
+    let kinds: Vec<TaskKind> = result.task_timings.iter().map(|t| t.kind).collect();
+    // Two layers: each its weights and its layer segments, the inputs, the root.
+    assert!(kinds.iter().filter(|&&k| k == TaskKind::Segment).count() >= 3);
+    assert!(
+        kinds
+            .iter()
+            .filter(|&&k| k == TaskKind::LayerSegment)
+            .count()
+            >= 2
+    );
+    assert_eq!(kinds.last(), Some(&TaskKind::InferRoot));
+    assert_eq!((result.tiles + result.nodes), kinds.len());
+    let logits_bytes = fleet
+        .store
+        .get(result.y_key.as_ref().expect("the logits' key"))
+        .await
+        .unwrap()
+        .expect("logits stored");
+    let (shape, logits) = starkscale_common::tensor::npy::parse(&logits_bytes, Dtype::I8).unwrap();
+    assert_eq!(shape, vec![450, 10]);
+    let expected: Vec<i64> = (0..450 * 10)
+        .map(|i| native.logits().get(i / 10, i % 10))
+        .collect();
+    assert_eq!(logits, expected);
+    let cert = fleet
+        .store
+        .get(result.certificate_key.as_ref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let logits_rows = Rows::I8 {
+        width: 10,
+        data: logits.iter().map(|&v| v as i8).collect(),
+    };
+    let expect = InferenceExpect {
+        model_commitment: Some(&commitment),
+        x: Some(&x),
+        logits: Some(&logits_rows),
+        allow_test: true,
+    };
+    let verified = verify_inference(&cert, &expect).unwrap();
+    assert_eq!(
+        (verified.batch, verified.dims.clone()),
+        (450, vec![(32, 64), (10, 32)])
+    );
+    let mut other = logits_rows.clone();
+    if let Rows::I8 { data, .. } = &mut other {
+        data[7] = data[7].wrapping_add(1);
+    }
+    let wrong = InferenceExpect {
+        logits: Some(&other),
+        ..expect
+    };
+    assert!(verify_inference(&cert, &wrong).is_err());
+
+    // By commitment: the same model, the first two inputs' logits.
+    let result = &ended["inf-two"];
+    assert_eq!(result.status, JobStatus::Succeeded, "{:?}", result.error);
+    let bytes = fleet
+        .store
+        .get(result.y_key.as_ref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let (shape, two_logits) = starkscale_common::tensor::npy::parse(&bytes, Dtype::I8).unwrap();
+    assert_eq!((shape, two_logits), (vec![2, 10], expected[..20].to_vec()));
+    let cert = fleet
+        .store
+        .get(result.certificate_key.as_ref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let verified = verify_inference(
+        &cert,
+        &InferenceExpect {
+            model_commitment: Some(&commitment),
+            allow_test: true,
+            ..InferenceExpect::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(verified.batch, 2);
+    fleet
+        .store
+        .delete(&[fleet.keys.model(&commitment.to_hex())])
+        .await
+        .unwrap();
+    fleet.clean_up(&["inf", "inf-two"]).await;
 }

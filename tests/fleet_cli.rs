@@ -357,3 +357,157 @@ fn a_matmul_job_uploaded_from_npy_files_verifies_and_runs_embedded() {
     assert!(coordinator.terminate(Duration::from_secs(30)).success());
     clean_up(&prefix, &["mm-upload"]);
 }
+
+/// An inference job as a user runs it: the model and int8 inputs by path, sent with
+/// `submit --upload` (the model is stored under its commitment and the job names it by that),
+/// the logits and certificate back through `--y-out --out`, checked by `verify` against
+/// `commit MODEL.onnx`, the inputs and the logits; a second job names the model by its
+/// commitment alone, with nothing uploaded.
+#[test]
+fn an_inference_job_uploads_its_model_once_and_verifies_against_its_commitment() {
+    use starkscale_common::tensor::npy;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("test-cli-inf-{}-{nanos}", std::process::id());
+    let coordinator = Service::start(&["coordinator", "--allow-test-profile"], &prefix);
+    let worker = Service::start(&["worker", "--profile", "test"], &prefix);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/models/digits-matmul-qop-tensor.onnx"
+    );
+    let reference = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/models/digits-matmul-qop-tensor-int8-logits.npy"
+    );
+    // The first 12 test inputs, already quantized (onnxruntime's int8 logits are for all 450).
+    let x8 = starkscale_cairo::inference::model_inputs(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/models/digits-test-x.npy"
+        ))
+        .unwrap(),
+        &starkscale_onnx::load(std::path::Path::new(model))
+            .unwrap()
+            .model,
+    )
+    .unwrap();
+    let values: Vec<i64> = (0..12 * 64).map(|i| x8.get(i / 64, i % 64)).collect();
+    std::fs::write(path("x.npy"), npy::write_i8(&[12, 64], &values)).unwrap();
+    let job = serde_json::json!({
+        "schema_version": 1, "job_id": "inf-upload", "kind": "inference",
+        "model": {"path": model}, "x": {"path": path("x.npy")},
+    });
+    std::fs::write(path("job.json"), job.to_string()).unwrap();
+    let out = starkscale(
+        &[
+            "submit",
+            &path("job.json"),
+            "--upload",
+            "--upload-ttl-s",
+            "600",
+            "--wait",
+            "--timeout-s",
+            "300",
+            "--out",
+            &path("fleet.cert"),
+            "--y-out",
+            &path("logits.npy"),
+        ],
+        &prefix,
+    );
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains(":model:"),
+        "the model is uploaded under its commitment: {log}"
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["status"], "succeeded");
+    let (shape, logits) = npy::parse(
+        &std::fs::read(path("logits.npy")).unwrap(),
+        starkscale_common::Dtype::I8,
+    )
+    .unwrap();
+    assert_eq!(shape, vec![12, 10]);
+    let (_, ort) = npy::parse(
+        &std::fs::read(reference).unwrap(),
+        starkscale_common::Dtype::I8,
+    )
+    .unwrap();
+    let far = logits
+        .iter()
+        .zip(&ort[..120])
+        .filter(|(a, b)| (*a - *b).abs() > 2)
+        .count();
+    assert_eq!(far, 0, "logits within 2 of onnxruntime's: {logits:?}");
+
+    let out = starkscale(&["commit", model], &prefix);
+    assert!(out.status.success());
+    let commitment = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let verify = |logits: &str| {
+        starkscale(
+            &[
+                "verify",
+                &path("fleet.cert"),
+                "--commitment",
+                &commitment,
+                "--x",
+                &path("x.npy"),
+                "--logits",
+                logits,
+                "--allow-test-profile",
+            ],
+            &prefix,
+        )
+    };
+    let out = verify(&path("logits.npy"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut changed = logits.clone();
+    changed[3] = if changed[3] == 0 { 1 } else { 0 };
+    std::fs::write(path("other.npy"), npy::write_i8(&[12, 10], &changed)).unwrap();
+    let out = verify(&path("other.npy"));
+    assert!(!out.status.success());
+
+    // Named by its commitment alone: nothing to upload.
+    let job = serde_json::json!({
+        "schema_version": 1, "job_id": "inf-commitment", "kind": "inference",
+        "model": {"commitment": commitment}, "x": {"inline": [values[..64].to_vec()]},
+    });
+    std::fs::write(path("job2.json"), job.to_string()).unwrap();
+    let out = starkscale(
+        &[
+            "submit",
+            &path("job2.json"),
+            "--wait",
+            "--timeout-s",
+            "300",
+            "--y-out",
+            &path("one.npy"),
+        ],
+        &prefix,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (shape, one) = npy::parse(
+        &std::fs::read(path("one.npy")).unwrap(),
+        starkscale_common::Dtype::I8,
+    )
+    .unwrap();
+    assert_eq!((shape, one), (vec![1, 10], logits[..10].to_vec()));
+
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    assert!(coordinator.terminate(Duration::from_secs(30)).success());
+    clean_up(&prefix, &["inf-upload", "inf-commitment"]);
+}

@@ -743,13 +743,14 @@ pub fn expected_output(input: &SegmentInput, all_v: &[Felt252]) -> Vec<u32> {
 const SEGMENT_MAGIC: &[u8; 4] = b"SSSG";
 const ROOT_MAGIC: &[u8; 4] = b"SSBR";
 
-struct Words<'a> {
-    bytes: &'a [u8],
-    at: usize,
+/// Reads little-endian words off a task input.
+pub(crate) struct Words<'a> {
+    pub bytes: &'a [u8],
+    pub at: usize,
 }
 
 impl Words<'_> {
-    fn u32(&mut self) -> Result<u32, String> {
+    pub fn u32(&mut self) -> Result<u32, String> {
         let b = self
             .bytes
             .get(self.at..self.at + 4)
@@ -757,21 +758,37 @@ impl Words<'_> {
         self.at += 4;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn words(&mut self, n: usize) -> Result<Vec<u32>, String> {
+    pub fn words(&mut self, n: usize) -> Result<Vec<u32>, String> {
         if n > (self.bytes.len() - self.at) / 4 {
             return Err("truncated batch task input".into());
         }
         (0..n).map(|_| self.u32()).collect()
     }
-    fn felt(&mut self) -> Result<Felt252, String> {
+    pub fn felt(&mut self) -> Result<Felt252, String> {
         Ok(felt_of_words(&self.words(8)?))
     }
-    fn rest(&self) -> &[u8] {
+    pub fn rest(&self) -> &[u8] {
         &self.bytes[self.at..]
+    }
+    /// A child as [`put_child`] writes it.
+    pub fn child(&mut self) -> Result<Child, String> {
+        let len = self.u32()? as usize;
+        let hash = self.words(8)?;
+        Ok(Child {
+            program_hash: Digest(eight(&hash)),
+            output: self.words(len)?,
+        })
     }
 }
 
-fn put(out: &mut Vec<u8>, words: impl IntoIterator<Item = u32>) {
+/// A child of a root's input: its output's length, its program hash, its output.
+pub(crate) fn put_child(out: &mut Vec<u8>, child: &Child) {
+    put(out, [child.output.len() as u32]);
+    put(out, child.program_hash.0);
+    put(out, child.output.iter().copied());
+}
+
+pub(crate) fn put(out: &mut Vec<u8>, words: impl IntoIterator<Item = u32>) {
     for w in words {
         out.extend_from_slice(&w.to_le_bytes());
     }
@@ -897,9 +914,7 @@ impl RootInput {
             ],
         );
         for child in self.children() {
-            put(&mut out, [child.output.len() as u32]);
-            put(&mut out, child.program_hash.0);
-            put(&mut out, child.output.iter().copied());
+            put_child(&mut out, child);
         }
         out
     }
@@ -910,18 +925,8 @@ impl RootInput {
             .ok_or("not a batch root input")?;
         let mut r = Words { bytes: body, at: 0 };
         let h = r.words(6)?;
-        let mut read = |n: u32| -> Result<Vec<Child>, String> {
-            (0..n)
-                .map(|_| {
-                    let len = r.u32()? as usize;
-                    let hash = r.words(8)?;
-                    Ok(Child {
-                        program_hash: Digest(eight(&hash)),
-                        output: r.words(len)?,
-                    })
-                })
-                .collect()
-        };
+        let mut read =
+            |n: u32| -> Result<Vec<Child>, String> { (0..n).map(|_| r.child()).collect() };
         let weights = read(h[3])?;
         let inputs = read(h[4])?;
         let outputs = read(h[5])?;

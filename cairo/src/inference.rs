@@ -20,16 +20,21 @@ use cairo_vm::types::relocatable::MaybeRelocatable;
 use cairo_vm::Felt252;
 
 use crate::batch::{
-    chain_digests, chain_states, challenge, commit, commitment, eight, plan_stream, run_segment,
-    weights_vector, Rows, SegmentInput, Shape, Statement, Stream,
+    chain_digests, chain_states, challenge, commit, commitment, eight, expected_output,
+    plan_stream, put, put_child, run_segment, weights_vector, Rows, SegmentInput, Shape, Statement,
+    Stream, Words,
 };
 use crate::encoding::{blake2s_words, Digest, Fact, FORMAT_VERSION};
 use crate::layer::Model;
-use crate::layer_segment::{logits_rows, run_layer_segment, LayerSegmentInput, Next};
+use crate::layer_segment::{
+    expected_layer_output, logits_rows, run_layer_segment, LayerSegmentInput, Next,
+};
 use crate::program::Pinned;
 use crate::run::{load_children, run_pinned, ProgramRun};
 use crate::tree::Child;
 use crate::KernelError;
+use starkscale_common::tensor::npy;
+use starkscale_common::{Dtype, Matrix, TensorError, Vector};
 
 pub const KIND_INFER_ROOT: u32 = 10;
 pub const KIND_MODEL: u32 = 11;
@@ -168,6 +173,21 @@ impl TaskInput {
         match self {
             TaskInput::Segment(input) => input.rows() * input.chunks(),
             TaskInput::Layer(input) => input.rows() * input.chunks(),
+        }
+    }
+
+    /// The input as a worker fetches it (the batch kernel's or the layer kernel's encoding).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            TaskInput::Segment(input) => input.to_bytes(),
+            TaskInput::Layer(input) => input.to_bytes(),
+        }
+    }
+
+    pub fn program(&self) -> Pinned {
+        match self {
+            TaskInput::Segment(_) => Pinned::Batch,
+            TaskInput::Layer(_) => Pinned::Layer,
         }
     }
 }
@@ -371,6 +391,45 @@ impl<'a> Inference<'a> {
     }
 }
 
+impl Inference<'_> {
+    /// What an honest run of `input` (the input of one of this inference's tasks) outputs,
+    /// computed natively: a planner accepts the task's proof by this output's fact alone.
+    pub fn expected_output(&self, input: &TaskInput) -> Vec<u32> {
+        match input {
+            TaskInput::Segment(segment) => expected_output(segment, &self.layers[0].v),
+            TaskInput::Layer(layer) => expected_layer_output(layer),
+        }
+    }
+}
+
+/// A model's inputs from a `.npy` (or JSON rows), one per row (a 1-D array is one input):
+/// float32 quantized with the model's input scale and zero point, int8 taken as they are.
+pub fn model_inputs(bytes: &[u8], model: &Model) -> Result<Rows, TensorError> {
+    if let Ok((shape, values)) = npy::parse_f32(bytes) {
+        let k = match shape[..] {
+            [k] => k,
+            [_, k] => k,
+            _ => {
+                return Err(TensorError::Shape(format!(
+                    "inputs are 1-D (one input) or 2-D (one per row), not of shape {shape:?}"
+                )))
+            }
+        };
+        return Ok(Rows::I8 {
+            width: k,
+            data: values.iter().map(|&v| model.input.quantize(v)).collect(),
+        });
+    }
+    let m = match Matrix::from_bytes(bytes, Dtype::I8) {
+        Ok(m) => m,
+        Err(matrix) => match Vector::from_bytes(bytes, Dtype::I8) {
+            Ok(v) => Matrix::new(1, v.len(), Dtype::I8, v.data().to_vec())?,
+            Err(_) => return Err(matrix),
+        },
+    };
+    Ok(Rows::int8(m.cols(), m.data()))
+}
+
 /// seed = Blake2s(KIND_INFER_ROOT, B, model commitment, X commitment, every layer's Y commitment).
 pub fn seed(batch: usize, model: &Digest, x: &Digest, ys: &[Digest]) -> Digest {
     let mut words = vec![KIND_INFER_ROOT, batch as u32];
@@ -428,6 +487,69 @@ impl InferRootInput {
             .flatten()
             .chain(&self.inputs)
             .chain(self.segments.iter().flatten())
+    }
+}
+
+const INFER_ROOT_MAGIC: &[u8; 4] = b"SSIR";
+
+impl InferRootInput {
+    /// The root's task input: B, L, each layer's (M, K), the child counts, then every child in
+    /// the root's order.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = INFER_ROOT_MAGIC.to_vec();
+        put(&mut out, [self.batch as u32, self.dims.len() as u32]);
+        put(
+            &mut out,
+            self.dims.iter().flat_map(|&(m, k)| [m as u32, k as u32]),
+        );
+        put(&mut out, self.weights.iter().map(|w| w.len() as u32));
+        put(&mut out, [self.inputs.len() as u32]);
+        put(&mut out, self.segments.iter().map(|w| w.len() as u32));
+        for child in self.children() {
+            put_child(&mut out, child);
+        }
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<InferRootInput, String> {
+        let body = bytes
+            .strip_prefix(INFER_ROOT_MAGIC)
+            .ok_or("not an inference root input")?;
+        let mut r = Words { bytes: body, at: 0 };
+        let h = r.words(2)?;
+        let layers = h[1] as usize;
+        if layers == 0 || layers > MAX_LAYERS {
+            return Err(format!("an inference root input of {layers} layers"));
+        }
+        let dims = r
+            .words(2 * layers)?
+            .chunks_exact(2)
+            .map(|d| (d[0] as usize, d[1] as usize))
+            .collect();
+        let weights_n = r.words(layers)?;
+        let inputs_n = r.u32()?;
+        let segments_n = r.words(layers)?;
+        let mut read =
+            |n: u32| -> Result<Vec<Child>, String> { (0..n).map(|_| r.child()).collect() };
+        let weights = weights_n
+            .iter()
+            .map(|&n| read(n))
+            .collect::<Result<_, _>>()?;
+        let inputs = read(inputs_n)?;
+        let segments = segments_n
+            .iter()
+            .map(|&n| read(n))
+            .collect::<Result<_, _>>()?;
+        if !r.rest().is_empty() {
+            return Err("trailing bytes after the inference root input".into());
+        }
+        Ok(InferRootInput {
+            batch: h[0] as usize,
+            dims,
+            weights,
+            inputs,
+            segments,
+        })
     }
 }
 

@@ -25,7 +25,8 @@ use cairo_vm::vm::errors::hint_errors::HintError;
 use cairo_vm::Felt252;
 
 use crate::batch::{
-    absorb, powers, weighted_sum, words_of_felt, Rows, Shape, CHUNK, MAX_DIM, MAX_STREAM_ROWS,
+    absorb, eight, powers, put, weighted_sum, words_of_felt, Rows, Shape, Words, CHUNK, MAX_DIM,
+    MAX_STREAM_ROWS,
 };
 use crate::encoding::{blake2s_words, FORMAT_VERSION};
 use crate::layer::{high_mul, rounding_divide, Epilogue};
@@ -133,6 +134,128 @@ impl LayerSegmentInput {
     pub fn outputs(&self) -> Rows {
         self.epilogue.apply_rows(&self.data)
     }
+}
+
+const LAYER_MAGIC: &[u8; 4] = b"SSLS";
+/// Entries a layer segment input may carry (a segment is sized to fill one trace).
+const MAX_LAYER_SEGMENT_ENTRIES: usize = 1 << 24;
+
+impl LayerSegmentInput {
+    /// The task input a worker fetches: header, challenges, the epilogue (JSON), chain states,
+    /// what follows the layer, then the rows of Y (int32 little-endian).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = LAYER_MAGIC.to_vec();
+        let s = &self.shape;
+        let epilogue = serde_json::to_vec(&self.epilogue).unwrap_or_default();
+        let (next_kind, next_len) = match &self.next {
+            Next::Hidden { v, .. } => (0, v.len()),
+            Next::Final { states } => (1, states.len()),
+        };
+        put(
+            &mut out,
+            [
+                s.m as u32,
+                s.k as u32,
+                s.b as u32,
+                self.row0 as u32,
+                self.rows() as u32,
+                self.states.len() as u32,
+                next_kind,
+                next_len as u32,
+                epilogue.len() as u32,
+            ],
+        );
+        put(&mut out, words_of_felt(&self.sigma));
+        put(&mut out, words_of_felt(&self.rho));
+        out.extend(&epilogue);
+        put(&mut out, self.states.iter().flatten().copied());
+        match &self.next {
+            Next::Hidden { v, rho } => {
+                put(&mut out, words_of_felt(rho));
+                put(&mut out, v.iter().flat_map(words_of_felt));
+            }
+            Next::Final { states } => put(&mut out, states.iter().flatten().copied()),
+        }
+        if let Rows::I32 { data, .. } = &self.data {
+            put(&mut out, data.iter().map(|&v| v as u32));
+        }
+        out
+    }
+
+    /// Decodes and checks a task input ([`LayerSegmentInput::check`]).
+    pub fn from_bytes(bytes: &[u8]) -> Result<LayerSegmentInput, KernelError> {
+        let bad = |m: String| KernelError::InvalidTile(format!("layer segment input: {m}"));
+        let body = bytes
+            .strip_prefix(LAYER_MAGIC)
+            .ok_or_else(|| bad("not a layer segment".into()))?;
+        let mut r = Words { bytes: body, at: 0 };
+        let h = r.words(9).map_err(bad)?;
+        let shape = Shape {
+            m: h[0] as usize,
+            k: h[1] as usize,
+            b: h[2] as usize,
+        };
+        let (row0, rows) = (h[3] as usize, h[4] as usize);
+        let sigma = r.felt().map_err(bad)?;
+        let rho = r.felt().map_err(bad)?;
+        let json_len = h[8] as usize;
+        let json = body
+            .get(r.at..r.at.saturating_add(json_len))
+            .ok_or_else(|| bad("truncated epilogue".into()))?;
+        let epilogue: Epilogue =
+            serde_json::from_slice(json).map_err(|e| bad(format!("epilogue: {e}")))?;
+        r.at += json_len;
+        let states = states_of_words(&mut r, h[5] as usize).map_err(bad)?;
+        let next = match h[6] {
+            0 => {
+                let rho = r.felt().map_err(bad)?;
+                let v = (0..h[7])
+                    .map(|_| r.felt())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                Next::Hidden { v, rho }
+            }
+            1 => Next::Final {
+                states: states_of_words(&mut r, h[7] as usize).map_err(bad)?,
+            },
+            other => return Err(bad(format!("next kind {other}"))),
+        };
+        let entries = rows
+            .checked_mul(shape.m)
+            .filter(|&n| n <= MAX_LAYER_SEGMENT_ENTRIES)
+            .ok_or_else(|| bad(format!("{rows} rows of {} entries", shape.m)))?;
+        let rest = r.rest();
+        if rest.len() != 4 * entries {
+            return Err(bad(format!(
+                "{} data bytes for {entries} int32 entries",
+                rest.len()
+            )));
+        }
+        let data = Rows::I32 {
+            width: shape.m,
+            data: rest
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        };
+        let input = LayerSegmentInput {
+            shape,
+            row0,
+            data,
+            sigma,
+            rho,
+            epilogue,
+            states,
+            next,
+        };
+        input.check()?;
+        Ok(input)
+    }
+}
+
+fn states_of_words(r: &mut Words, n: usize) -> Result<Vec<[u32; 8]>, String> {
+    let words = r.words(n.saturating_mul(8))?;
+    Ok(words.chunks_exact(8).map(eight).collect())
 }
 
 /// The values the row hint writes for one entry: neg = [q < 0] (q the first rounding's result),

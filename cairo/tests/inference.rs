@@ -429,3 +429,48 @@ fn a_planned_layer_segment_fills_a_2_20_step_trace_without_passing_it() {
         );
     }
 }
+
+/// What the fleet stores and workers fetch: every planned task's input survives its encoding,
+/// runs to the output the planner expects, and a cut-short or foreign encoding is refused; the
+/// root's input round-trips too.
+#[test]
+fn task_inputs_round_trip_and_run_to_their_expected_outputs() {
+    use starkscale_cairo::batch::SegmentInput;
+    use starkscale_cairo::layer_segment::LayerSegmentInput;
+    let f = fixture();
+    let inference = Inference::new(&f.model, &f.x).expect("valid inference");
+    for spec in inference.plan(BLOCKS) {
+        let input = inference.task(&spec);
+        let bytes = input.to_bytes();
+        let decoded = match &input {
+            TaskInput::Segment(_) => {
+                TaskInput::Segment(SegmentInput::from_bytes(&bytes).expect("decodes"))
+            }
+            TaskInput::Layer(_) => {
+                assert!(SegmentInput::from_bytes(&bytes).is_err());
+                TaskInput::Layer(LayerSegmentInput::from_bytes(&bytes).expect("decodes"))
+            }
+        };
+        assert_eq!(decoded.to_bytes(), bytes, "{}", spec.describe());
+        if let TaskInput::Layer(_) = input {
+            for cut in [bytes.len() - 1, bytes.len() / 2, 40, 3] {
+                assert!(LayerSegmentInput::from_bytes(&bytes[..cut]).is_err());
+            }
+        }
+        let (run, program) = decoded.run(STEPS).expect("the decoded task runs");
+        assert_eq!(program, input.program());
+        assert_eq!(
+            run.output,
+            inference.expected_output(&input),
+            "{}",
+            spec.describe()
+        );
+    }
+    let root = honest();
+    let bytes = root.to_bytes();
+    assert_eq!(&InferRootInput::from_bytes(&bytes).expect("decodes"), root);
+    assert!(InferRootInput::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+    let mut extra = bytes.clone();
+    extra.push(0);
+    assert!(InferRootInput::from_bytes(&extra).is_err());
+}

@@ -25,6 +25,8 @@ pub struct JobLimits {
     pub max_entries: usize,
     /// Largest number of tiles one job may plan.
     pub max_tiles: usize,
+    /// Largest model file (ONNX) an inference job may name, in bytes.
+    pub max_model_bytes: usize,
 }
 
 impl Default for JobLimits {
@@ -33,6 +35,7 @@ impl Default for JobLimits {
             max_job_bytes: 64 << 20,
             max_entries: 1 << 30,
             max_tiles: 100_000,
+            max_model_bytes: 256 << 20,
         }
     }
 }
@@ -66,6 +69,10 @@ pub enum JobError {
     },
     #[error("{what}: inputs by Redis key are read by the fleet, not here")]
     NotFetched { what: &'static str },
+    #[error("model: {0}")]
+    Model(String),
+    #[error("{0}")]
+    Kind(String),
 }
 
 impl JobError {
@@ -84,6 +91,23 @@ pub enum JobKind {
     /// Y = A · X for a batch X of B inputs, one per row (`docs/batch.md`); Y has one output per
     /// row (B × M, int32). A batch of one is proven as a matvec.
     Matmul,
+    /// A quantized model's int8 logits for a batch of inputs (`docs/inference.md`): `model`
+    /// instead of `a`, x one input per row (float32, quantized with the model's input scale, or
+    /// int8).
+    Inference,
+}
+
+/// The model of an inference job: an ONNX file quantized by onnxruntime's `quantize_static`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelInput {
+    /// An `.onnx` file every process of the fleet can read.
+    Path(String),
+    /// A Redis key holding the `.onnx` file's bytes.
+    RedisKey(String),
+    /// The model commitment (64 hex digits, as `starkscale commit MODEL.onnx` prints it) of a
+    /// model uploaded once (`starkscale submit --upload`, `<prefix>:model:<commitment>`).
+    Commitment(String),
 }
 
 /// A matrix, inline or by reference.
@@ -140,11 +164,16 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
     pub kind: JobKind,
-    /// Element type of A and x.
+    /// Element type of A and x (matvec and matmul; i8, the default, is the only one).
+    #[serde(default)]
     pub dtype: Dtype,
-    /// The matrix A.
-    pub a: MatrixInput,
-    /// The vector x.
+    /// The matrix A (matvec and matmul).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a: Option<MatrixInput>,
+    /// The model (inference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelInput>,
+    /// The vector x, or the batch of inputs (one per row) of a matmul or inference job.
     pub x: VectorInput,
     /// Tile height (default 254; at most 1022). Tiles are always 1024 columns wide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,16 +216,48 @@ impl JobSpec {
                 )));
             }
         }
+        match (self.kind, &self.a, &self.model) {
+            (JobKind::Inference, None, Some(_)) => {}
+            (JobKind::Inference, ..) => {
+                return Err(JobError::Kind(
+                    "an inference job names its model (\"model\"), and no matrix \"a\"".into(),
+                ))
+            }
+            (_, Some(_), None) => {}
+            (kind, ..) => {
+                return Err(JobError::Kind(format!(
+                    "a {} job names its matrix (\"a\"), and no \"model\"",
+                    kind.name()
+                )))
+            }
+        }
+        if self.kind == JobKind::Inference && self.tile_rows.is_some() {
+            return Err(JobError::Kind(
+                "tile_rows is a matvec and matmul job's option".into(),
+            ));
+        }
+        if let Some(ModelInput::Commitment(c)) = &self.model {
+            if c.len() != 64 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(JobError::Model(format!(
+                    "commitment {c:?} is not 64 hex digits"
+                )));
+            }
+        }
         if let Some(blocks) = self.segment_blocks {
-            if !SEGMENT_BLOCKS.contains(&blocks) || self.kind != JobKind::Matmul {
+            if !SEGMENT_BLOCKS.contains(&blocks) || self.kind == JobKind::Matvec {
                 return Err(JobError::Limit(format!(
-                    "segment_blocks {blocks}: a matmul job's option, within {}..={}",
+                    "segment_blocks {blocks}: a matmul or inference job's option, within {}..={}",
                     SEGMENT_BLOCKS.start(),
                     SEGMENT_BLOCKS.end()
                 )));
             }
         }
-        for (what, reference) in [("a", self.a.reference()), ("x", self.x.reference())] {
+        let model = match &self.model {
+            Some(ModelInput::Path(r) | ModelInput::RedisKey(r)) => Some(r.as_str()),
+            _ => None,
+        };
+        let a = self.a.as_ref().and_then(MatrixInput::reference);
+        for (what, reference) in [("a", a), ("model", model), ("x", self.x.reference())] {
             if let Some(r) = reference {
                 if r.is_empty() || r.len() > 1024 {
                     return Err(JobError::Limit(format!(
@@ -205,7 +266,7 @@ impl JobSpec {
                 }
             }
         }
-        if let (MatrixInput::Inline(_), VectorInput::Inline(_)) = (&self.a, &self.x) {
+        if let (Some(MatrixInput::Inline(_)), VectorInput::Inline(_)) = (&self.a, &self.x) {
             let (a, x) = self.load_inputs((None, None))?;
             check_shapes(&a, &x, self.tile_rows(), limits)?;
         }
@@ -235,7 +296,10 @@ impl JobSpec {
 
     /// A, inline or read from its path; by Redis key, from `fetched`.
     pub fn load_a(&self, fetched: Option<&[u8]>) -> Result<Matrix, JobError> {
-        match &self.a {
+        let Some(a) = &self.a else {
+            return Err(JobError::Kind("this job has no matrix A".into()));
+        };
+        match a {
             MatrixInput::Inline(rows) => Matrix::from_rows(rows, self.dtype),
             MatrixInput::Path(p) => Matrix::load(Path::new(p), self.dtype),
             MatrixInput::RedisKey(_) => match fetched {
@@ -280,7 +344,9 @@ impl JobSpec {
                     Matrix::from_bytes(bytes, self.dtype).map(Operand::Batch)
                 }
                 (_, None) => return Err(JobError::NotFetched { what: "x" }),
+                (JobKind::Inference, Some(_)) => return Err(inference_x()),
             },
+            (JobKind::Inference, _) => return Err(inference_x()),
         }
         .map_err(input)
     }
@@ -288,7 +354,7 @@ impl JobSpec {
     /// The Redis keys A and x are referenced by, if they are.
     pub fn redis_keys(&self) -> (Option<&str>, Option<&str>) {
         let a = match &self.a {
-            MatrixInput::RedisKey(k) => Some(k.as_str()),
+            Some(MatrixInput::RedisKey(k)) => Some(k.as_str()),
             _ => None,
         };
         let x = match &self.x {
@@ -296,6 +362,21 @@ impl JobSpec {
             _ => None,
         };
         (a, x)
+    }
+}
+
+fn inference_x() -> JobError {
+    JobError::Kind("an inference job's inputs are read with its model".into())
+}
+
+impl JobKind {
+    /// The kind as JSON spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Matvec => "matvec",
+            JobKind::Matmul => "matmul",
+            JobKind::Inference => "inference",
+        }
     }
 }
 

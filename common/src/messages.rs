@@ -32,14 +32,21 @@ pub enum TaskKind {
     Segment,
     /// Run and prove the batch root over every segment of a matmul job (a batch root input).
     BatchRoot,
+    /// Run and prove the layer kernel on rows of one layer's accumulators of an inference job
+    /// (a layer segment input).
+    LayerSegment,
+    /// Run and prove the inference root over every segment of an inference job.
+    InferRoot,
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 4] = [
+    pub const ALL: [TaskKind; 6] = [
         TaskKind::Map,
         TaskKind::Reduce,
         TaskKind::Segment,
         TaskKind::BatchRoot,
+        TaskKind::LayerSegment,
+        TaskKind::InferRoot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +55,8 @@ impl TaskKind {
             TaskKind::Reduce => "reduce",
             TaskKind::Segment => "segment",
             TaskKind::BatchRoot => "batch_root",
+            TaskKind::LayerSegment => "layer_segment",
+            TaskKind::InferRoot => "infer_root",
         }
     }
 }
@@ -96,8 +105,8 @@ pub struct JobResult {
     /// y of a matvec job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub y: Option<Vec<i64>>,
-    /// Y of a matmul job: the Redis key of a B × M int32 `.npy` (one output per row), living as
-    /// long as the result.
+    /// Y of a matmul job: the Redis key of a B × M int32 `.npy` (one output per row); of an
+    /// inference job, its B × outputs int8 logits `.npy`. It lives as long as the result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub y_key: Option<String>,
     /// Redis key of the job certificate (`docs/certificate.md`).
@@ -268,6 +277,50 @@ pub enum Layout {
     Tiles(TileLayout),
     /// Segments of the three streams and a batch root: a matmul job.
     Batch(BatchLayout),
+    /// Every layer's weights segments, the inputs segments, every layer's layer segments, and
+    /// the inference root: an inference job.
+    Inference(InferenceLayout),
+}
+
+/// An inference job's plan (`docs/inference.md`): its segments in the root's order and what
+/// every proof must state. The logits are stored at [`Keys::y`] when the job is planned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceLayout {
+    /// Inputs in the batch.
+    pub batch: usize,
+    /// Each layer's (outputs, inputs).
+    pub dims: Vec<(usize, usize)>,
+    /// The commitments (hex) the root must state.
+    pub model_commitment: String,
+    pub x_commitment: String,
+    pub logits_commitment: String,
+    pub segments: Vec<InferenceSegment>,
+}
+
+/// One segment task of an inference job, and the fact its proof must have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceSegment {
+    pub part: InferencePart,
+    /// The layer (0 for the inputs).
+    pub layer: usize,
+    pub row0: usize,
+    pub rows: usize,
+    /// Blake2s fact (hex) of the kernel's honest public output for this segment.
+    pub fact: String,
+}
+
+/// Which stream an inference segment proves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InferencePart {
+    /// A layer's weights (the batch kernel).
+    Weights,
+    /// The first layer's inputs (the batch kernel).
+    Inputs,
+    /// A layer's accumulators and epilogue (the layer kernel).
+    Layer,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -427,6 +480,11 @@ impl Keys {
     /// The lease that makes one coordinator the active one.
     pub fn coordinator_lease(&self) -> String {
         format!("{}:coordinator:lease", self.prefix)
+    }
+    /// A model uploaded by `starkscale submit --upload` (its `.onnx` bytes), named by its model
+    /// commitment.
+    pub fn model(&self, commitment_hex: &str) -> String {
+        format!("{}:model:{commitment_hex}", self.prefix)
     }
     /// An input uploaded by `starkscale submit --upload`, named by its content digest.
     pub fn upload(&self, digest_hex: &str) -> String {

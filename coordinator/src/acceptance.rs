@@ -1,9 +1,10 @@
 //! Proof acceptance. Workers are untrusted: a reported proof is accepted only if it verifies at
 //! the pinned program, parameters and preprocessed root, and states exactly the planned task — a
 //! tile at its position with its A and x digests, or a node over exactly the accepted children's
-//! facts (the root also with the planned commitments); for a matmul job, a segment whose fact is
-//! the one its honest run has (computed natively at planning), or a batch root over exactly the
-//! accepted segments with the planned shape and commitments.
+//! facts (the root also with the planned commitments); for a matmul or inference job, a segment
+//! of the planned kernel whose fact is the one its honest run has (computed natively at
+//! planning), or a batch (inference) root over exactly the accepted segments with the planned
+//! shape (batch and layer shapes) and commitments.
 //!
 //! What a proof must state is captured on the event loop as an [`Expected`]; fetching the proof
 //! and verifying it ([`check`]) run as a spawned task on the blocking pool, so the loop keeps
@@ -14,6 +15,7 @@ use std::time::Instant;
 
 use starkscale_cairo::batch::{self, Shape};
 use starkscale_cairo::encoding::{self, Digest, Fact};
+use starkscale_cairo::inference::InferRootOutput;
 use starkscale_cairo::program::Pinned;
 use starkscale_cairo::tree::{NodeOutput, RootOutput};
 use starkscale_cairo::{verify_proof, verify_tile};
@@ -38,11 +40,21 @@ pub(crate) enum Expected {
         /// For the root: the planned A and x commitments.
         commitments: Option<(Option<Digest>, Option<Digest>)>,
     },
-    /// A batch segment: the fact of its honest public output.
-    Segment { fact: Fact },
+    /// A segment (of a matmul or inference job): the fact of its honest public output, and
+    /// the kernel that proves it.
+    Segment { fact: Fact, program: Pinned },
     BatchRoot {
         shape: Shape,
         /// A, X and Y.
+        commitments: [Digest; 3],
+        /// The accepted segments' facts, in the root's order.
+        facts: Vec<Fact>,
+    },
+    InferRoot {
+        batch: usize,
+        /// Each layer's (outputs, inputs).
+        dims: Vec<(usize, usize)>,
+        /// The model, inputs and logits commitments.
         commitments: [Digest; 3],
         /// The accepted segments' facts, in the root's order.
         facts: Vec<Fact>,
@@ -99,26 +111,34 @@ pub(crate) fn check(expected: &Expected, proof: &[u8], allow_test: bool) -> Verd
             facts,
             commitments,
         } => check_node(*rows, facts, commitments.as_ref(), proof, allow_test),
-        Expected::Segment { fact } => check_segment(fact, proof, allow_test),
+        Expected::Segment { fact, program } => check_segment(*program, fact, proof, allow_test),
         Expected::BatchRoot {
             shape,
             commitments,
             facts,
         } => check_batch_root(shape, commitments, facts, proof, allow_test),
+        Expected::InferRoot {
+            batch,
+            dims,
+            commitments,
+            facts,
+        } => check_infer_root(*batch, dims, commitments, facts, proof, allow_test),
     }
 }
 
-/// A segment's proof: the batch kernel, with exactly the planned public output (its fact binds
-/// the stream, rows, challenges, chain states and sums the root will link).
-fn check_segment(fact: &Fact, proof: &[u8], allow_test: bool) -> Verdict {
+/// A segment's proof: the batch kernel (or, for a layer segment, the layer kernel), with exactly
+/// the planned public output (its fact binds the stream, rows, challenges, chain states and sums
+/// the root will link).
+fn check_segment(program: Pinned, fact: &Fact, proof: &[u8], allow_test: bool) -> Verdict {
     let verified = verify_proof(proof, allow_test).map_err(|e| e.to_string())?;
-    if verified.program != Pinned::Batch {
+    if verified.program != program {
         return Err(format!(
-            "proof is of the {} program, not the batch kernel",
-            verified.program.name()
+            "proof is of the {} program, not the {} program",
+            verified.program.name(),
+            program.name()
         ));
     }
-    if encoding::fact(&Pinned::Batch.hash(), &verified.output) != *fact {
+    if encoding::fact(&program.hash(), &verified.output) != *fact {
         return Err("segment proof states another output than the planned segment's".into());
     }
     Ok(verified.output)
@@ -155,6 +175,50 @@ fn check_batch_root(
     }
     if out.facts != facts {
         return Err("batch root states other segment facts than the accepted segments'".into());
+    }
+    Ok(verified.output)
+}
+
+/// The inference root's proof: over exactly the accepted segments, stating the planned batch,
+/// layer shapes and commitments.
+fn check_infer_root(
+    batch: usize,
+    dims: &[(usize, usize)],
+    commitments: &[Digest; 3],
+    facts: &[Fact],
+    proof: &[u8],
+    allow_test: bool,
+) -> Verdict {
+    let verified = verify_proof(proof, allow_test).map_err(|e| e.to_string())?;
+    if verified.program != Pinned::InferRoot {
+        return Err(format!(
+            "proof is of the {} program, not the inference root",
+            verified.program.name()
+        ));
+    }
+    let out = InferRootOutput::from_words(&verified.output)?;
+    if out.batch != batch || out.dims != dims {
+        return Err(format!(
+            "inference root proves {} inputs through layers {:?}, not the planned {batch} through {dims:?}",
+            out.batch, out.dims
+        ));
+    }
+    let stated = [
+        out.model_commitment,
+        out.x_commitment,
+        out.logits_commitment,
+    ];
+    for ((what, stated), planned) in ["model", "inputs", "logits"]
+        .iter()
+        .zip(stated)
+        .zip(commitments)
+    {
+        if stated != *planned {
+            return Err(format!("inference root proves another {what} commitment"));
+        }
+    }
+    if out.facts != facts {
+        return Err("inference root states other segment facts than the accepted segments'".into());
     }
     Ok(verified.output)
 }

@@ -1,5 +1,6 @@
 //! Cutting a job into task inputs and the record that says what each proof must state: map
-//! tiles for a matvec job (and a matmul job of one input), batch segments for a matmul job.
+//! tiles for a matvec job (and a matmul job of one input), batch segments for a matmul job,
+//! weights, inputs and layer segments for an inference job ([`cut_inference`]).
 //! CPU-bound: [`crate::intake`] runs it on the blocking pool. A matmul job's X is read and
 //! bound a block of inputs at a time ([`Batch`]), and its Y written to the store as it is
 //! computed, so planning holds only A and one block of X and Y.
@@ -11,10 +12,13 @@ use starkscale_cairo::batch::{
     DEFAULT_SEGMENT_BLOCKS, INITIAL_STATE,
 };
 use starkscale_cairo::encoding::{a_digest, fact, x_digest};
+use starkscale_cairo::inference::{Inference, TaskSpec};
+use starkscale_cairo::layer::Model;
 use starkscale_cairo::program::Pinned;
 use starkscale_common::job::JobError;
 use starkscale_common::messages::{
-    BatchLayout, Keys, Layout, SegmentRecord, TileInputBlob, TileLayout,
+    BatchLayout, InferenceLayout, InferencePart, InferenceSegment, Keys, Layout, SegmentRecord,
+    TileInputBlob, TileLayout,
 };
 use starkscale_common::store::Store;
 use starkscale_common::tensor::npy;
@@ -291,6 +295,75 @@ pub(crate) fn cut_batch<S: Store>(
         a_commitment: com_a.to_hex(),
         x_commitment: com_x.to_hex(),
         y_commitment: com_y.to_hex(),
+        segments,
+    }))
+}
+
+/// Plans an inference job: every layer computed natively and committed (`docs/inference.md`),
+/// the logits stored at the job's Y key, then each segment's input written (in bounded
+/// batches) with the fact of its honest output. Every segment can be proven at once.
+pub(crate) fn cut_inference<S: Store>(
+    store: &S,
+    runtime: &Handle,
+    model: &Model,
+    x: &Rows,
+    options: &CutOptions,
+    ttl: Duration,
+) -> Result<Layout, Refusal> {
+    let inference = Inference::new(model, x).map_err(|e| JobError::Model(e.to_string()))?;
+    let logits = inference.logits();
+    let (b, classes) = (logits.height(), logits.width());
+    let values: Vec<i64> = (0..b * classes)
+        .map(|i| logits.get(i / classes, i % classes))
+        .collect();
+    let y_key = options.keys.y(options.job_id);
+    runtime.block_on(store.put(&y_key, &npy::write_i8(&[b, classes], &values), ttl))?;
+    let specs = inference.plan(options.segment_blocks.unwrap_or(DEFAULT_SEGMENT_BLOCKS));
+    if specs.len() + 1 > options.limits.max_tiles {
+        return Err(JobError::Limit(format!(
+            "the job needs {} segment tasks, over the {} limit",
+            specs.len() + 1,
+            options.limits.max_tiles
+        ))
+        .into());
+    }
+    let mut segments = Vec::with_capacity(specs.len());
+    let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut pending_bytes = 0;
+    for (task, spec) in specs.iter().enumerate() {
+        let input = inference.task(spec);
+        let output = inference.expected_output(&input);
+        let (part, layer, row0, rows) = match *spec {
+            TaskSpec::Weights { layer, row0, rows } => (InferencePart::Weights, layer, row0, rows),
+            TaskSpec::Inputs { row0, rows } => (InferencePart::Inputs, 0, row0, rows),
+            TaskSpec::Layer { layer, row0, rows } => (InferencePart::Layer, layer, row0, rows),
+        };
+        segments.push(InferenceSegment {
+            part,
+            layer,
+            row0,
+            rows,
+            fact: fact(&input.program().hash(), &output).to_hex(),
+        });
+        let bytes = input.to_bytes();
+        pending_bytes += bytes.len();
+        pending.push((options.keys.task_input(options.job_id, task), bytes));
+        if pending_bytes >= WRITE_BATCH_BYTES {
+            runtime.block_on(store.put_all(std::mem::take(&mut pending), ttl))?;
+            pending_bytes = 0;
+        }
+    }
+    runtime.block_on(store.put_all(pending, ttl))?;
+    Ok(Layout::Inference(InferenceLayout {
+        batch: inference.batch(),
+        dims: inference
+            .layers
+            .iter()
+            .map(|l| (l.shape.m, l.shape.k))
+            .collect(),
+        model_commitment: inference.model_commitment.to_hex(),
+        x_commitment: inference.x_commitment.to_hex(),
+        logits_commitment: inference.logits_commitment.to_hex(),
         segments,
     }))
 }

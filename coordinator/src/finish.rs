@@ -4,6 +4,8 @@
 //!    here on the outcome does not change, whoever completes it;
 //! 2. **certificate** (on success): every accepted proof, assembled off the loop and stored (a
 //!    matvec certificate, or a batch certificate whose Y was stored at planning); if a proof
+//!    matvec certificate, a batch certificate whose Y was stored at planning, or an inference
+//!    certificate whose logits were); if a proof
 //!    vanished from the store the job is planned again instead (see [`crate::reconcile`]);
 //! 3. **result**: stored, progress made final, then the result published to the results
 //!    exchange (and `reply_to`, which is best effort: a client's missing reply queue fails
@@ -17,6 +19,8 @@
 use starkscale_cairo::batch;
 use starkscale_cairo::batch_certificate::BatchCertificate;
 use starkscale_cairo::certificate::Certificate;
+use starkscale_cairo::inference::InferRootOutput;
+use starkscale_cairo::inference_certificate::InferenceCertificate;
 use starkscale_cairo::tree::RootOutput;
 use starkscale_common::broker::Broker;
 use starkscale_common::messages::{unix_ms, Ending, JobResult, JobStatus, TaskTiming};
@@ -88,7 +92,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                         let y_key = self.svc.keys.y(job_id);
                         self.svc.store.put(&y_key, &npy, self.svc.ttl()).await?;
                     }
-                    if matches!(job.layout, Tasks::Batch { .. }) || y_npy_written(job) {
+                    if y_stored_at_planning(job) || y_npy_written(job) {
                         result.y_key = Some(self.svc.keys.y(job_id));
                     }
                     result.y = y;
@@ -157,6 +161,9 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             (Tasks::Batch { .. }, Some(words)) => batch::RootOutput::from_words(&words)
                 .ok()
                 .map(Statement::Batch),
+            (Tasks::Inference { .. }, Some(words)) => InferRootOutput::from_words(&words)
+                .ok()
+                .map(Statement::Inference),
             (_, None) => None,
         };
         let Some(statement) = statement else {
@@ -164,11 +171,11 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 "the accepted root output is unreadable".into(),
             ));
         };
-        if let Tasks::Batch { .. } = job.layout {
+        if y_stored_at_planning(job) {
             let y = self.svc.keys.y(job.id());
             if self.svc.store.exist(std::slice::from_ref(&y)).await? != [true] {
                 return Ok(Certificated::ProofMissing(format!(
-                    "the job's Y ({y}) vanished from the store"
+                    "the job's outputs ({y}) vanished from the store"
                 )));
             }
         }
@@ -208,6 +215,19 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 y: None,
                 y_npy: None,
             },
+            Statement::Inference(root) => Certificated::Done {
+                certificate: InferenceCertificate {
+                    batch: root.batch,
+                    dims: root.dims,
+                    model_commitment: root.model_commitment,
+                    x_commitment: root.x_commitment,
+                    logits_commitment: root.logits_commitment,
+                    proofs,
+                }
+                .to_bytes(),
+                y: None,
+                y_npy: None,
+            },
         })
         .await;
         match assembled {
@@ -224,6 +244,7 @@ enum Statement {
     /// A reduce root; whether the job was a matmul of one input.
     Tiles(RootOutput, bool),
     Batch(batch::RootOutput),
+    Inference(InferRootOutput),
 }
 
 enum Certificated {
@@ -236,6 +257,12 @@ enum Certificated {
     },
     ProofMissing(String),
     Unreadable(String),
+}
+
+/// Whether `job`'s outputs were stored when it was planned (a matmul job's Y, an inference
+/// job's logits).
+fn y_stored_at_planning(job: &Job) -> bool {
+    matches!(job.layout, Tasks::Batch { .. } | Tasks::Inference { .. })
 }
 
 /// Whether finishing `job` writes its Y (a matmul job of one input).

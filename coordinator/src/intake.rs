@@ -7,7 +7,7 @@
 //! 1. **claim** the id: progress `planning` (SET NX) and a field in the open-jobs index; a claim
 //!    that exists already is a duplicate — answered from the stored result when the job ended,
 //!    planned again when this very message comes back after a coordinator stopped mid-planning;
-//! 2. **plan**: task inputs (cut by [`crate::cut`]; a matmul job's Y too) and the job message
+//! 2. **plan**: task inputs (cut by [`crate::cut`]; a matmul job's Y or an inference job's logits too) and the job message
 //!    (to re-plan from), then the job record — all with the job's TTL; the loop then publishes the tasks and only then acks the message.
 //!
 //! A job that cannot run is **refused**: a failed result naming the reason is stored and
@@ -17,18 +17,22 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use starkscale_cairo::batch::Rows;
+use starkscale_cairo::inference::{model_commitment, model_inputs};
+use starkscale_cairo::layer::Model;
 use starkscale_common::broker::Delivery;
 use starkscale_common::job::{
-    check_batch_shapes, check_vector_shapes, JobError, JobKind, Operand, Request, VectorInput,
+    check_batch_shapes, check_vector_shapes, InlineX, JobError, JobKind, ModelInput, Operand,
+    Request, VectorInput, MAX_BATCH_DIM,
 };
 use starkscale_common::messages::{unix_ms, JobProgress, JobRecord, JobResult, JobStatus};
 use starkscale_common::metrics;
 use starkscale_common::store::Store;
-use starkscale_common::JobSpec;
+use starkscale_common::{Dtype, JobLimits, JobSpec, Matrix, TensorError, Vector};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
-use crate::cut::{cut_batch, cut_tiles, Batch, Cut, CutOptions};
+use crate::cut::{cut_batch, cut_inference, cut_tiles, Batch, Cut, CutOptions};
 use crate::settle::Failure;
 use crate::state::Job;
 use crate::{to_json, Services};
@@ -166,6 +170,41 @@ pub(crate) async fn plan_job<B, S: Store>(
     reply_to: Option<String>,
     started_unix_ms: u64,
 ) -> Result<Job, Refusal> {
+    let cut = match spec.kind {
+        JobKind::Inference => cut_inference_job(svc, job_id, spec).await?,
+        JobKind::Matvec | JobKind::Matmul => cut_product_job(svc, job_id, spec).await?,
+    };
+    let Cut {
+        layout,
+        values: mut inputs,
+    } = cut;
+    let record = JobRecord {
+        job_id: job_id.to_string(),
+        reply_to,
+        started_unix_ms,
+        layout,
+    };
+    inputs.push((svc.keys.request(job_id), request.to_vec()));
+    let ttl = svc.ttl();
+    svc.store.put_all(inputs, ttl).await?;
+    starkscale_common::faults::crash_point("plan:inputs-stored");
+    // Planning again starts every task over.
+    svc.store.delete(&[svc.keys.tasks(job_id)]).await?;
+    svc.store
+        .put(&svc.keys.plan(job_id), &to_json(&record), ttl)
+        .await?;
+    let mut job = Job::new(record);
+    job.request = Some(request);
+    info!(job = %job_id, kind = job.kind(0).name(), tasks = job.map_tasks(), nodes = job.reduce_tasks(), "job planned");
+    Ok(job)
+}
+
+/// Loads a matvec or matmul job's A and x and cuts it, on the blocking pool.
+async fn cut_product_job<B, S: Store>(
+    svc: &Services<B, S>,
+    job_id: &str,
+    spec: &JobSpec,
+) -> Result<Cut, Refusal> {
     let (a_key, x_key) = spec.redis_keys();
     let a_bytes = fetch_reference(svc, "a", a_key).await?;
     // A matmul job's X by key is read a block at a time when it is a `.npy`.
@@ -231,29 +270,171 @@ pub(crate) async fn plan_job<B, S: Store>(
     })
     .await
     .map_err(|e| JobError::Limit(format!("planning the job panicked: {e}")))?;
-    let Cut {
-        layout,
-        values: mut inputs,
-    } = cut?;
-    let record = JobRecord {
-        job_id: job_id.to_string(),
-        reply_to,
-        started_unix_ms,
-        layout,
+    cut
+}
+
+/// Imports an inference job's model, loads its inputs, computes every layer and cuts the job,
+/// on the blocking pool.
+async fn cut_inference_job<B, S: Store>(
+    svc: &Services<B, S>,
+    job_id: &str,
+    spec: &JobSpec,
+) -> Result<Cut, Refusal> {
+    let (model_key, commitment) = match &spec.model {
+        Some(ModelInput::RedisKey(key)) => (Some(key.clone()), None),
+        Some(ModelInput::Commitment(c)) => (Some(svc.keys.model(&c.to_lowercase())), Some(c)),
+        _ => (None, None),
     };
-    inputs.push((svc.keys.request(job_id), request.to_vec()));
-    let ttl = svc.ttl();
-    svc.store.put_all(inputs, ttl).await?;
-    starkscale_common::faults::crash_point("plan:inputs-stored");
-    // Planning again starts every task over.
-    svc.store.delete(&[svc.keys.tasks(job_id)]).await?;
-    svc.store
-        .put(&svc.keys.plan(job_id), &to_json(&record), ttl)
-        .await?;
-    let mut job = Job::new(record);
-    job.request = Some(request);
-    info!(job = %job_id, kind = job.kind(0).name(), tasks = job.map_tasks(), nodes = job.reduce_tasks(), "job planned");
-    Ok(job)
+    let limits = svc.limits;
+    let model_bytes = match &model_key {
+        Some(key) => {
+            let size = svc.store.len(key).await?;
+            if size > limits.max_model_bytes as u64 {
+                return Err(JobError::Model(format!(
+                    "{size} bytes at {key:?}, over the {}-byte limit",
+                    limits.max_model_bytes
+                ))
+                .into());
+            }
+            fetch_reference(svc, "model", Some(key)).await?
+        }
+        None => None,
+    };
+    let x_bytes = fetch_reference(svc, "x", spec.redis_keys().1).await?;
+    let commitment = commitment.map(|c| c.to_lowercase());
+    let spec = spec.clone();
+    let keys = svc.keys.clone();
+    let id = job_id.to_string();
+    let (store, runtime, ttl) = (svc.store.clone(), Handle::current(), svc.ttl());
+    let fan_in = svc.config.fan_in;
+    let block_entries = svc.config.plan_block_entries;
+    let cut = tokio::task::spawn_blocking(move || -> Result<Cut, Refusal> {
+        let model = load_model(&spec, model_bytes, commitment.as_deref(), &limits)?;
+        let x = load_model_inputs(&spec, x_bytes.as_deref(), &model, &limits)?;
+        let options = CutOptions {
+            keys: &keys,
+            job_id: &id,
+            tile_rows: spec.tile_rows(),
+            fan_in,
+            segment_blocks: spec.segment_blocks(),
+            limits: &limits,
+            block_entries,
+        };
+        let planned = cut_inference(&store, &runtime, &model, &x, &options, ttl);
+        if planned.is_err() {
+            let _ = runtime.block_on(store.delete(&[keys.y(&id)]));
+        }
+        Ok(Cut {
+            layout: planned?,
+            values: Vec::new(),
+        })
+    })
+    .await
+    .map_err(|e| JobError::Limit(format!("planning the job panicked: {e}")))?;
+    cut
+}
+
+/// An inference job's model, imported from its ONNX bytes (fetched by key or commitment) or
+/// its path; a model fetched by commitment must have that commitment.
+fn load_model(
+    spec: &JobSpec,
+    fetched: Option<Vec<u8>>,
+    commitment: Option<&str>,
+    limits: &JobLimits,
+) -> Result<Model, JobError> {
+    let bytes = match (&spec.model, fetched) {
+        (_, Some(bytes)) => bytes,
+        (Some(ModelInput::Path(path)), None) => read_bounded(path, limits.max_model_bytes)
+            .map_err(|e| JobError::Model(format!("{path}: {e}")))?,
+        _ => return Err(JobError::NotFetched { what: "model" }),
+    };
+    let model = starkscale_onnx::from_bytes(&bytes)
+        .map_err(|e| JobError::Model(e.to_string()))?
+        .model;
+    model.check().map_err(|e| JobError::Model(e.to_string()))?;
+    if let Some(expected) = commitment {
+        let actual = model_commitment(&model).to_hex();
+        if actual != expected {
+            return Err(JobError::Model(format!(
+                "the model stored under commitment {expected} has commitment {actual}"
+            )));
+        }
+    }
+    Ok(model)
+}
+
+/// An inference job's inputs, one per row: inline int8 rows (or one input), or a float32 or
+/// int8 `.npy` (or JSON rows) by path or Redis key; checked against the model and the limits.
+fn load_model_inputs(
+    spec: &JobSpec,
+    fetched: Option<&[u8]>,
+    model: &Model,
+    limits: &JobLimits,
+) -> Result<Rows, JobError> {
+    let input = |source| JobError::Input { what: "x", source };
+    let x = match (&spec.x, fetched) {
+        (VectorInput::Inline(InlineX::Batch(rows)), _) => {
+            let m = Matrix::from_rows(rows, Dtype::I8).map_err(input)?;
+            Rows::int8(m.cols(), m.data())
+        }
+        (VectorInput::Inline(InlineX::Vector(values)), _) => {
+            let v = Vector::new(Dtype::I8, values.clone()).map_err(input)?;
+            Rows::int8(v.len(), v.data())
+        }
+        (_, Some(bytes)) => model_inputs(bytes, model).map_err(input)?,
+        (VectorInput::Path(path), None) => {
+            let max = limits.max_entries.saturating_mul(4).saturating_add(1 << 16);
+            let bytes = read_bounded(path, max).map_err(|source| {
+                input(TensorError::Io {
+                    path: path.clone(),
+                    source,
+                })
+            })?;
+            model_inputs(&bytes, model).map_err(input)?
+        }
+        (VectorInput::RedisKey(_), None) => return Err(JobError::NotFetched { what: "x" }),
+    };
+    let (b, k) = (x.height(), x.width());
+    if b == 0 || k != model.inputs() {
+        return Err(JobError::Shape(format!(
+            "the model takes inputs of {} entries; x holds {b} inputs of {k} (one input per row)",
+            model.inputs()
+        )));
+    }
+    if b > MAX_BATCH_DIM {
+        return Err(JobError::Limit(format!(
+            "{b} inputs: at most {MAX_BATCH_DIM}"
+        )));
+    }
+    let widest = model
+        .layers
+        .iter()
+        .map(|l| l.outputs())
+        .max()
+        .unwrap_or(0)
+        .max(k);
+    if b.saturating_mul(widest) > limits.max_entries {
+        return Err(JobError::Limit(format!(
+            "{b} inputs through layers of up to {widest} entries: over the {}-entry limit",
+            limits.max_entries
+        )));
+    }
+    Ok(x)
+}
+
+/// Reads a regular file of at most `max` bytes, the bound enforced while reading.
+fn read_bounded(path: &str, max: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max {
+        return Err(std::io::Error::other(format!("over the {max}-byte limit")));
+    }
+    Ok(bytes)
 }
 
 async fn fetch_reference<B, S: Store>(

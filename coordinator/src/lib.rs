@@ -9,8 +9,8 @@
 //! | module | owns |
 //! |---|---|
 //! | [`intake`] | a job message → claim → load and check its inputs → a stored plan (spawned per message) |
-//! | [`cut`] | loaded inputs → task inputs and the record of what each proof must state: map tiles, or batch segments with Y computed natively |
-//! | [`state`] | [`state::Job`]: the record, the task layout (reduce tree or batch root) and every task's record; pure queries |
+//! | [`cut`] | loaded inputs → task inputs and the record of what each proof must state: map tiles, batch segments with Y computed natively, or an inference's segments with every layer computed natively |
+//! | [`state`] | [`state::Job`]: the record, the task layout (reduce tree, batch root or inference root) and every task's record; pure queries |
 //! | [`transitions`] | task events, retries, dead-lettered tasks, cancels: the state changes and their writes |
 //! | [`acceptance`] | what a proof must state, checked off the event loop |
 //! | [`finish`] | the decided ending → certificate → stored and published result → keys freed |
@@ -94,6 +94,9 @@ pub struct CoordinatorConfig {
     /// Largest job message, in bytes.
     #[arg(long, env = "STARKSCALE_MAX_JOB_BYTES", default_value_t = 64 << 20)]
     pub max_job_bytes: usize,
+    /// Largest model file an inference job may name, in bytes.
+    #[arg(long, env = "STARKSCALE_MAX_MODEL_BYTES", default_value_t = 256 << 20)]
+    pub max_model_bytes: usize,
     /// Children per reduce node: a job of up to this many tiles is reduced by one proof.
     #[arg(long, env = "STARKSCALE_FAN_IN", default_value_t = DEFAULT_FAN_IN)]
     pub fan_in: usize,
@@ -124,6 +127,7 @@ impl CoordinatorConfig {
             lease_s: 15,
             allow_test_profile: false,
             max_job_bytes: 64 << 20,
+            max_model_bytes: 256 << 20,
             plan_block_entries: 1 << 20,
             fan_in: DEFAULT_FAN_IN,
             metrics_addr: metrics::on_all_interfaces(metrics::COORDINATOR_PORT),
@@ -241,6 +245,7 @@ impl<B: Broker, S: Store> Services<B, S> {
             keys: Keys::new(config.fleet.prefix.clone()),
             limits: JobLimits {
                 max_job_bytes: config.max_job_bytes,
+                max_model_bytes: config.max_model_bytes,
                 ..JobLimits::default()
             },
             config: Arc::new(config.clone()),

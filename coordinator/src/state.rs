@@ -1,5 +1,6 @@
 //! A job's state as the coordinator holds it: the record written at planning, how the job is
-//! cut into tasks (map tiles and a reduce tree, or batch segments and a batch root), and every
+//! cut into tasks (map tiles and a reduce tree, batch segments and a batch root, or inference
+//! segments and an inference root), and every
 //! task's [`TaskRecord`]. Pure queries only; what changes the state, and in which order it is
 //! written to the store, lives in the modules that drive the transitions.
 
@@ -7,11 +8,12 @@ use std::sync::Arc;
 
 use starkscale_cairo::batch::{self, RootInput, Stream};
 use starkscale_cairo::encoding::{Digest, Fact};
+use starkscale_cairo::inference::InferRootInput;
 use starkscale_cairo::program::Pinned;
 use starkscale_cairo::tree::{commit_tiles, x_commitment, Child, ReduceInput};
 use starkscale_common::messages::{
-    unix_ms, BatchLayout, Ending, JobProgress, JobRecord, JobStatus, Layout, TaskKind, TaskMsg,
-    TaskRecord, TileLayout,
+    unix_ms, BatchLayout, Ending, InferenceLayout, InferencePart, JobProgress, JobRecord,
+    JobStatus, Layout, TaskKind, TaskMsg, TaskRecord, TileLayout,
 };
 use starkscale_common::plan::NodeSpec;
 use starkscale_common::TilePlan;
@@ -28,6 +30,8 @@ pub(crate) enum Tasks {
     },
     /// Segments in the root's order, then the batch root.
     Batch { layout: BatchLayout },
+    /// Segments in the inference root's order, then the inference root.
+    Inference { layout: InferenceLayout },
 }
 
 /// A job being proven: its record, its task layout, and the state of each task.
@@ -58,6 +62,9 @@ impl Job {
                 }
             }
             Layout::Batch(layout) => Tasks::Batch {
+                layout: layout.clone(),
+            },
+            Layout::Inference(layout) => Tasks::Inference {
                 layout: layout.clone(),
             },
         };
@@ -101,7 +108,7 @@ impl Job {
             Tasks::Tiles { plan, tree, .. } => {
                 task.checked_sub(plan.len()).and_then(|k| tree.get(k))
             }
-            Tasks::Batch { .. } => None,
+            Tasks::Batch { .. } | Tasks::Inference { .. } => None,
         }
     }
 
@@ -112,6 +119,11 @@ impl Job {
             (Tasks::Tiles { .. }, false) => TaskKind::Reduce,
             (Tasks::Batch { .. }, true) => TaskKind::Segment,
             (Tasks::Batch { .. }, false) => TaskKind::BatchRoot,
+            (Tasks::Inference { layout }, true) => match layout.segments[task].part {
+                InferencePart::Weights | InferencePart::Inputs => TaskKind::Segment,
+                InferencePart::Layer => TaskKind::LayerSegment,
+            },
+            (Tasks::Inference { .. }, false) => TaskKind::InferRoot,
         }
     }
 
@@ -124,11 +136,10 @@ impl Job {
                     .iter()
                     .all(|&c| self.tasks[c].output.is_some())
             }),
-            Tasks::Batch { layout } => {
-                task < layout.segments.len()
-                    || self.tasks[..layout.segments.len()]
-                        .iter()
-                        .all(|t| t.output.is_some())
+            // Every segment is ready at once; the root once all of them are accepted.
+            Tasks::Batch { .. } | Tasks::Inference { .. } => {
+                let segments = self.map_tasks();
+                task < segments || self.tasks[..segments].iter().all(|t| t.output.is_some())
             }
         }
     }
@@ -172,6 +183,8 @@ impl Job {
             TaskKind::Reduce => Pinned::Reduce,
             TaskKind::Segment => Pinned::Batch,
             TaskKind::BatchRoot => Pinned::BatchRoot,
+            TaskKind::LayerSegment => Pinned::Layer,
+            TaskKind::InferRoot => Pinned::InferRoot,
         };
         Some(Child {
             program_hash: program.hash(),
@@ -213,6 +226,30 @@ impl Job {
         Some(input)
     }
 
+    /// The inference root's input: every accepted segment, filed as the root reads them.
+    pub fn infer_root_input(&self) -> Option<InferRootInput> {
+        let Tasks::Inference { layout } = &self.layout else {
+            return None;
+        };
+        let layers = layout.dims.len();
+        let mut input = InferRootInput {
+            batch: layout.batch,
+            dims: layout.dims.clone(),
+            weights: vec![Vec::new(); layers],
+            inputs: Vec::new(),
+            segments: vec![Vec::new(); layers],
+        };
+        for (task, segment) in layout.segments.iter().enumerate() {
+            let child = self.child(task)?;
+            match segment.part {
+                InferencePart::Weights => input.weights.get_mut(segment.layer)?.push(child),
+                InferencePart::Inputs => input.inputs.push(child),
+                InferencePart::Layer => input.segments.get_mut(segment.layer)?.push(child),
+            }
+        }
+        Some(input)
+    }
+
     /// The input of a task that is written when the task is published, because it is made of
     /// its children's outputs (a reduce node or the batch root); `None` for tasks whose input
     /// was stored at planning.
@@ -223,7 +260,8 @@ impl Job {
                 .and_then(|n| self.reduce_input(n))
                 .map(|i| i.to_bytes()),
             TaskKind::BatchRoot => self.batch_root_input().map(|i| i.to_bytes()),
-            TaskKind::Map | TaskKind::Segment => None,
+            TaskKind::InferRoot => self.infer_root_input().map(|i| i.to_bytes()),
+            TaskKind::Map | TaskKind::Segment | TaskKind::LayerSegment => None,
         }
     }
 
@@ -254,8 +292,10 @@ impl Job {
 
     /// What a proof of `task` must state, to be checked away from the event loop.
     pub fn expected(&self, task: usize) -> Result<Expected, String> {
-        if let Tasks::Batch { layout } = &self.layout {
-            return self.expected_batch(layout, task);
+        match &self.layout {
+            Tasks::Batch { layout } => return self.expected_batch(layout, task),
+            Tasks::Inference { layout } => return self.expected_inference(layout, task),
+            Tasks::Tiles { .. } => {}
         }
         let Tasks::Tiles { layout, plan, .. } = &self.layout else {
             return Err("no such task".into());
@@ -292,6 +332,7 @@ impl Job {
         if let Some(segment) = layout.segments.get(task) {
             return Ok(Expected::Segment {
                 fact: digest(&segment.fact)?,
+                program: Pinned::Batch,
             });
         }
         let input = self
@@ -303,6 +344,37 @@ impl Job {
                 digest(&layout.a_commitment)?,
                 digest(&layout.x_commitment)?,
                 digest(&layout.y_commitment)?,
+            ],
+            facts: input.children().map(Child::fact).collect(),
+        })
+    }
+
+    fn expected_inference(
+        &self,
+        layout: &InferenceLayout,
+        task: usize,
+    ) -> Result<Expected, String> {
+        let digest = |hex: &str| Digest::from_hex(hex).ok_or("unreadable digest in the job record");
+        if let Some(segment) = layout.segments.get(task) {
+            let program = match segment.part {
+                InferencePart::Weights | InferencePart::Inputs => Pinned::Batch,
+                InferencePart::Layer => Pinned::Layer,
+            };
+            return Ok(Expected::Segment {
+                fact: digest(&segment.fact)?,
+                program,
+            });
+        }
+        let input = self
+            .infer_root_input()
+            .ok_or("a segment of this job is not accepted")?;
+        Ok(Expected::InferRoot {
+            batch: layout.batch,
+            dims: layout.dims.clone(),
+            commitments: [
+                digest(&layout.model_commitment)?,
+                digest(&layout.x_commitment)?,
+                digest(&layout.logits_commitment)?,
             ],
             facts: input.children().map(Child::fact).collect(),
         })
@@ -322,6 +394,7 @@ impl Job {
                 let (map, reduce) = match self.layout {
                     Tasks::Tiles { .. } => ("map tiles", "reduce nodes"),
                     Tasks::Batch { .. } => ("segments", "batch roots"),
+                    Tasks::Inference { .. } => ("segments", "inference roots"),
                 };
                 if maps < tiles {
                     format!("proving {map} ({maps} of {tiles} accepted)")
@@ -363,13 +436,14 @@ impl Tasks {
         match self {
             Tasks::Tiles { plan, .. } => plan.len(),
             Tasks::Batch { layout } => layout.segments.len(),
+            Tasks::Inference { layout } => layout.segments.len(),
         }
     }
 
     fn reduce_tasks(&self) -> usize {
         match self {
             Tasks::Tiles { tree, .. } => tree.len(),
-            Tasks::Batch { .. } => 1,
+            Tasks::Batch { .. } | Tasks::Inference { .. } => 1,
         }
     }
 }

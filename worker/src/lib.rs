@@ -3,7 +3,8 @@
 //! [`serve`] is generic over the [`Broker`] and [`Store`]: the fleet runs it over RabbitMQ and
 //! Redis ([`run`], which reconnects when either goes away), the embedded mode over their
 //! in-process twins. For each delivery: parse the [`TaskMsg`] → fetch only that task's input →
-//! run its program (map kernel, reduce, batch segment or batch root) and prove it on a blocking
+//! run its program (map kernel, reduce, batch segment, batch root, layer segment or inference
+//! root) and prove it on a blocking
 //! thread (so the AMQP connection keeps its
 //! heartbeats during a proof) → store the proof under its deterministic key with a TTL →
 //! publish the [`TaskEvent`] and wait for its confirm → ack. Only then is the task gone from the
@@ -23,6 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use starkscale_cairo::batch::{run_root, run_segment, RootInput, SegmentInput};
+use starkscale_cairo::inference::{run_infer_root, InferRootInput};
+use starkscale_cairo::layer_segment::{run_layer_segment, LayerSegmentInput};
 use starkscale_cairo::run::{run_reduce, DEFAULT_MAX_STEPS};
 use starkscale_cairo::tree::ReduceInput;
 use starkscale_cairo::{run_map, KernelError, Profile, Prover, ProverInput, RunStats, TileInput};
@@ -187,6 +190,8 @@ enum Work {
     Reduce(ReduceInput),
     Segment(SegmentInput),
     BatchRoot(RootInput),
+    LayerSegment(LayerSegmentInput),
+    InferRoot(InferRootInput),
 }
 
 impl Work {
@@ -203,6 +208,10 @@ impl Work {
                 .map(Work::Segment)
                 .map_err(|e| e.to_string()),
             TaskKind::BatchRoot => RootInput::from_bytes(bytes).map(Work::BatchRoot),
+            TaskKind::LayerSegment => LayerSegmentInput::from_bytes(bytes)
+                .map(Work::LayerSegment)
+                .map_err(|e| e.to_string()),
+            TaskKind::InferRoot => InferRootInput::from_bytes(bytes).map(Work::InferRoot),
         }
     }
 
@@ -211,7 +220,11 @@ impl Work {
     fn macs(&self) -> u64 {
         match self {
             Work::Map(tile) => (tile.rows() * tile.cols()) as u64,
-            Work::Reduce(_) | Work::Segment(_) | Work::BatchRoot(_) => 0,
+            Work::Reduce(_)
+            | Work::Segment(_)
+            | Work::BatchRoot(_)
+            | Work::LayerSegment(_)
+            | Work::InferRoot(_) => 0,
         }
     }
 
@@ -224,6 +237,12 @@ impl Work {
                 run_segment(&segment, max_steps).map(|run| (run.input, run.stats))
             }
             Work::BatchRoot(root) => run_root(&root, max_steps).map(|run| (run.input, run.stats)),
+            Work::LayerSegment(segment) => {
+                run_layer_segment(&segment, max_steps).map(|run| (run.input, run.stats))
+            }
+            Work::InferRoot(root) => {
+                run_infer_root(&root, max_steps).map(|run| (run.input, run.stats))
+            }
         }
     }
 }
