@@ -27,7 +27,8 @@ pub struct RunArgs {
     /// Where to write the certificate (default: ./<job-id>.cert).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Where to write a matmul job's Y, B × M int32 `.npy` (default: ./<job-id>.y.npy).
+    /// Where to write a matmul job's Y (B × M int32 `.npy`) or an inference job's logits (B ×
+    /// outputs int8 `.npy`) (default: ./<job-id>.y.npy).
     #[arg(long)]
     pub y_out: Option<PathBuf>,
     /// Security profile: production (96 bits) or test (28 bits; for trying things out).
@@ -56,7 +57,8 @@ pub struct SubmitArgs {
     /// With --wait: write the certificate to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// With --wait: write a matmul job's Y (B × M int32 `.npy`) to this file.
+    /// With --wait: write a matmul job's Y (B × M int32 `.npy`) or an inference job's logits
+    /// (B × outputs int8 `.npy`) to this file.
     #[arg(long)]
     pub y_out: Option<PathBuf>,
     #[command(flatten)]
@@ -78,7 +80,8 @@ pub struct ResultArgs {
     /// Also write the job's certificate to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Also write a matmul job's Y (B × M int32 `.npy`) to this file.
+    /// Also write a matmul job's Y (B × M int32 `.npy`) or an inference job's logits (B ×
+    /// outputs int8 `.npy`) to this file.
     #[arg(long)]
     pub y_out: Option<PathBuf>,
     #[command(flatten)]
