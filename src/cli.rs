@@ -221,6 +221,9 @@ pub fn main() -> ExitCode {
             Ok(starkscale_worker::run(config, shutdown).await?)
         }),
         Command::Coordinator(config) => serve(|shutdown| async move {
+            starkscale_common::data_dir::DataDir::open(&config.data_dir).with_context(|| {
+                format!("opening the data directory {}", config.data_dir.display())
+            })?;
             serve_metrics(metrics::Role::Coordinator, config.metrics_addr).await?;
             starkscale_coordinator::run(config, shutdown).await;
             Ok(())

@@ -132,6 +132,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let shutdown = CancellationToken::new();
     let coordinator_config = CoordinatorConfig {
         allow_test_profile: profile == Profile::Test,
+        // The job is this user's own, read with this user's rights: paths are not confined.
+        data_dir: "/".into(),
         ..CoordinatorConfig::new(fleet.clone())
     };
     let worker_config = WorkerConfig {

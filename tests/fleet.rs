@@ -53,9 +53,15 @@ impl Fleet {
         }
     }
 
+    /// A coordinator reading inputs by path from the repository.
     fn coordinator(&mut self) {
+        self.coordinator_in(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
+    }
+
+    fn coordinator_in(&mut self, data_dir: &std::path::Path) {
         let config = CoordinatorConfig {
             allow_test_profile: true,
+            data_dir: data_dir.to_path_buf(),
             job_ttl_s: 600,
             max_job_bytes: 1 << 20,
             // Matmul jobs are bound two or three inputs at a time.
@@ -152,7 +158,29 @@ fn random_job(id: &str, rows: usize, cols: usize, seed: u64) -> (serde_json::Val
 async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_serving() {
     let mut fleet = Fleet::new("hostile").await;
     let mut results = fleet.client.subscribe_results("#").await.unwrap();
-    fleet.coordinator();
+    // The coordinator's data directory: two of the models, a FIFO, and symlinks that lead out
+    // of it to a file that exists and to one that does not.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir(data.path().join("models")).unwrap();
+    for form in ["gemm-qdq-tensor", "gemm-float"] {
+        std::fs::copy(
+            digits_model(form),
+            data.path().join(format!("models/digits-{form}.onnx")),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink(
+        digits_model("gemm-qdq-tensor"),
+        data.path().join("escape.onnx"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/nonexistent/m.onnx", data.path().join("gone.onnx")).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(data.path().join("pipe.npy"))
+        .status()
+        .unwrap()
+        .success());
+    fleet.coordinator_in(data.path());
     fleet.worker("w1");
 
     // A Redis key holding bytes that are neither .npy nor JSON.
@@ -254,7 +282,7 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
                 "{\"inline\":[[1,2],[3,4]]}",
                 "{\"path\":\"/nonexistent/a.npy\"}",
             ),
-            "cannot read /nonexistent/a.npy",
+            "\"/nonexistent/a.npy\" is outside the data directory",
         ),
         (
             job(
@@ -355,7 +383,8 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
         .to_string()
     };
     let inputs = || serde_json::json!({"inline": [vec![0; 64]]});
-    let by_path = |form: &str| serde_json::json!({"path": digits_model(form)});
+    let by_path = |form: &str| serde_json::json!({"path": format!("models/digits-{form}.onnx")});
+    let path = |p: &str| serde_json::json!({"path": p});
     let hostile_inference: Vec<(String, &str)> = vec![
         (
             job("h-inf-a", "matvec", "inference"),
@@ -372,15 +401,36 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
                 serde_json::json!({"path": "/nonexistent/m.onnx"}),
                 inputs(),
             ),
-            "model: /nonexistent/m.onnx",
+            "model: \"/nonexistent/m.onnx\" is outside the data directory",
         ),
         (
-            infer(
-                "h-inf-dev-zero",
-                serde_json::json!({"path": "/dev/zero"}),
-                inputs(),
-            ),
-            "not a regular file",
+            infer("h-inf-dev-zero", path("/dev/zero"), inputs()),
+            "model: \"/dev/zero\" is outside the data directory",
+        ),
+        (
+            infer("h-inf-climb", path("models/../../etc/passwd"), inputs()),
+            "is outside the data directory",
+        ),
+        // Out through a symlink: the same answer whether the target exists or not.
+        (
+            infer("h-inf-escape", path("escape.onnx"), inputs()),
+            "model: \"escape.onnx\" is outside the data directory",
+        ),
+        (
+            infer("h-inf-gone", path("gone.onnx"), inputs()),
+            "model: \"gone.onnx\" is outside the data directory",
+        ),
+        (
+            infer("h-inf-dir", path("models"), inputs()),
+            "model: \"models\" is not a regular file",
+        ),
+        (
+            infer("h-inf-fifo-x", by_path("gemm-qdq-tensor"), path("pipe.npy")),
+            "x: \"pipe.npy\" is not a regular file",
+        ),
+        (
+            infer("h-inf-missing", path("models/none.onnx"), inputs()),
+            "no such file in the data directory",
         ),
         (
             infer("h-inf-float", by_path("gemm-float"), inputs()),
@@ -453,7 +503,7 @@ async fn hostile_jobs_get_error_results_and_dead_letters_and_the_fleet_keeps_ser
         .chain(hostile_batches)
         .chain(hostile_inference)
         .collect();
-    assert!(hostile.len() >= 45);
+    assert!(hostile.len() >= 50);
     for (body, _) in &hostile {
         fleet.publish(&fleet.topology.jobs(), body.as_bytes()).await;
     }
@@ -795,14 +845,15 @@ fn rows_of(values: &serde_json::Value) -> Rows {
 async fn matmul_jobs_are_proven_in_segments_and_certified_against_x_and_y() {
     let mut fleet = Fleet::new("matmul").await;
     let mut results = fleet.client.subscribe_results("#").await.unwrap();
-    fleet.coordinator();
+    // X by path, a `.npy` the coordinator reads a block of inputs at a time from its data
+    // directory.
+    let dir = tempfile::tempdir().unwrap();
+    fleet.coordinator_in(dir.path());
     fleet.worker("w1");
     // 70 columns: two int8 chunk columns per input; 70 weights rows: two weights segments at
     // this segment size, whose chains the root links.
     let (mut batch, native) = random_batch_job("mm", (6, 70, 4), 7);
     let (one, native_one) = random_batch_job("mm-one", (5, 30, 1), 8);
-    // X by path, a `.npy` the coordinator reads a block of inputs at a time.
-    let dir = tempfile::tempdir().unwrap();
     let x_path = dir.path().join("x.npy");
     let x_rows: Vec<Vec<i64>> = serde_json::from_value(batch["x"]["inline"].clone()).unwrap();
     std::fs::write(

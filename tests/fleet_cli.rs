@@ -136,7 +136,7 @@ fn submit_wait_result_and_sigterm() {
         &prefix,
     );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is outside the data directory"));
 
     assert!(worker.terminate(Duration::from_secs(30)).success());
     assert!(coordinator.terminate(Duration::from_secs(30)).success());

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::broker::{AmqpBroker, Topology};
+use crate::broker::{redact, AmqpBroker, Topology};
 use crate::metrics;
 use crate::store::RedisStore;
 
@@ -17,8 +17,9 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Redis on loopback.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 
-/// Where the fleet is; flattened into each process's configuration.
-#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+/// Where the fleet is; flattened into each process's configuration. Its `Debug` redacts the
+/// URLs' passwords.
+#[derive(Clone, PartialEq, Eq, clap::Args)]
 pub struct FleetConfig {
     /// RabbitMQ URL.
     #[arg(long, env = "STARKSCALE_AMQP_URL", default_value = DEFAULT_AMQP_URL)]
@@ -29,6 +30,16 @@ pub struct FleetConfig {
     /// Prefix of queue, exchange and key names.
     #[arg(long, env = "STARKSCALE_PREFIX", default_value = "starkscale")]
     pub prefix: String,
+}
+
+impl std::fmt::Debug for FleetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetConfig")
+            .field("amqp_url", &redact(&self.amqp_url))
+            .field("redis_url", &redact(&self.redis_url))
+            .field("prefix", &self.prefix)
+            .finish()
+    }
 }
 
 impl FleetConfig {
@@ -95,4 +106,42 @@ pub fn unique_prefix(label: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     format!("test-{label}-{}-{nanos}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RedisStore;
+
+    /// Secrets in URLs stay out of errors and debug output: nothing listens on port 1, so both
+    /// connections fail, naming the URL without its password.
+    #[tokio::test]
+    async fn passwords_stay_out_of_errors_and_debug_output() {
+        let config = FleetConfig {
+            amqp_url: "amqp://fleet:hunter2-amqp@127.0.0.1:1/%2f".into(),
+            redis_url: "redis://worker:hunter2-redis@127.0.0.1:1/".into(),
+            prefix: "p".into(),
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("fleet:***@"),
+            "{shown}"
+        );
+        let Err(amqp) = AmqpBroker::connect(&config.amqp_url, Topology::new("p")).await else {
+            panic!("nothing listens on port 1");
+        };
+        let amqp = amqp.to_string();
+        assert!(
+            !amqp.contains("hunter2") && amqp.contains("127.0.0.1:1"),
+            "{amqp}"
+        );
+        let Err(redis) = RedisStore::connect(&config.redis_url).await else {
+            panic!("nothing listens on port 1");
+        };
+        let redis = redis.to_string();
+        assert!(
+            !redis.contains("hunter2") && redis.contains("worker:***@"),
+            "{redis}"
+        );
+    }
 }

@@ -5,8 +5,6 @@
 //! checked before parsing, and [`JobSpec::validate`] checks everything that does not need the
 //! referenced inputs (see [`JobError`] for every refusal).
 
-use std::path::Path;
-
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -67,7 +65,12 @@ pub enum JobError {
         key: String,
         message: String,
     },
-    #[error("{what}: inputs by Redis key are read by the fleet, not here")]
+    #[error("{what}: {source}")]
+    Path {
+        what: &'static str,
+        source: crate::data_dir::PathError,
+    },
+    #[error("{what}: inputs by path or Redis key are read by the fleet, not here")]
     NotFetched { what: &'static str },
     #[error("model: {0}")]
     Model(String),
@@ -281,10 +284,9 @@ impl JobSpec {
         self.segment_blocks
     }
 
-    /// A and x, inline or read from their paths, range-checked against the dtype; x is a vector
-    /// for a matvec job and a batch for a matmul job. Inputs by Redis key must have been fetched
-    /// by the caller (see [`JobSpec::redis_keys`]) and are passed as `fetched` (A's bytes, x's
-    /// bytes).
+    /// A and x, range-checked against the dtype; x is a vector for a matvec job and a batch for
+    /// a matmul job. Inputs by path or Redis key must have been read by the caller (see
+    /// [`JobSpec::redis_keys`]) and are passed as `fetched` (A's bytes, x's bytes).
     pub fn load_inputs(
         &self,
         fetched: (Option<&[u8]>, Option<&[u8]>),
@@ -294,15 +296,15 @@ impl JobSpec {
         Ok((a, x))
     }
 
-    /// A, inline or read from its path; by Redis key, from `fetched`.
+    /// A, inline; by path or Redis key, from `fetched` (read by the caller, from its data
+    /// directory or the store).
     pub fn load_a(&self, fetched: Option<&[u8]>) -> Result<Matrix, JobError> {
         let Some(a) = &self.a else {
             return Err(JobError::Kind("this job has no matrix A".into()));
         };
         match a {
             MatrixInput::Inline(rows) => Matrix::from_rows(rows, self.dtype),
-            MatrixInput::Path(p) => Matrix::load(Path::new(p), self.dtype),
-            MatrixInput::RedisKey(_) => match fetched {
+            MatrixInput::Path(_) | MatrixInput::RedisKey(_) => match fetched {
                 Some(bytes) => Matrix::from_bytes(bytes, self.dtype),
                 None => return Err(JobError::NotFetched { what: "a" }),
             },
@@ -310,7 +312,7 @@ impl JobSpec {
         .map_err(|source| JobError::Input { what: "a", source })
     }
 
-    /// x, inline or read from its path; by Redis key, from `fetched`.
+    /// x, inline; by path or Redis key, from `fetched`.
     pub fn load_x(&self, fetched: Option<&[u8]>) -> Result<Operand, JobError> {
         let input = |source| JobError::Input { what: "x", source };
         match (self.kind, &self.x) {
@@ -330,13 +332,7 @@ impl JobSpec {
                     "a matmul job's x is a batch: one input per row (B × K)".into(),
                 ))
             }
-            (JobKind::Matvec, VectorInput::Path(p)) => {
-                Vector::load(Path::new(p), self.dtype).map(Operand::Vector)
-            }
-            (JobKind::Matmul, VectorInput::Path(p)) => {
-                Matrix::load(Path::new(p), self.dtype).map(Operand::Batch)
-            }
-            (kind, VectorInput::RedisKey(_)) => match (kind, fetched) {
+            (kind, VectorInput::Path(_) | VectorInput::RedisKey(_)) => match (kind, fetched) {
                 (JobKind::Matvec, Some(bytes)) => {
                     Vector::from_bytes(bytes, self.dtype).map(Operand::Vector)
                 }

@@ -15,6 +15,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod data_dir;
 pub mod faults;
 pub mod job;
 pub mod messages;

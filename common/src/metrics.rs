@@ -293,9 +293,10 @@ pub const COORDINATOR_PORT: u16 = 9464;
 /// A worker's metrics port unless configured otherwise (one host running both needs two).
 pub const WORKER_PORT: u16 = 9465;
 
-/// `port` on every interface: where a service serves its metrics by default.
-pub fn on_all_interfaces(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+/// `port` on loopback: where a service serves its metrics unless configured otherwise (compose
+/// and Kubernetes, whose Prometheus scrapes from elsewhere, set `0.0.0.0`).
+pub fn on_loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -79,18 +79,25 @@ pub(crate) fn cut_tiles(a: &Matrix, x: &Vector, options: &CutOptions, matmul: bo
     Cut { layout, values }
 }
 
-/// Where a matmul job's X is read from, a block of inputs at a time: a `.npy` file or Redis
-/// value read by ranges, or inputs already in memory (inline, or JSON).
+/// Where a matmul job's X is read from, a block of inputs at a time: a `.npy` file (opened in
+/// the data directory) or Redis value read by ranges, or inputs already in memory (inline, or
+/// JSON).
 pub(crate) enum Batch {
     Loaded(Matrix),
-    File { path: String, header: npy::Header },
-    Stored { key: String, header: npy::Header },
+    File {
+        file: std::fs::File,
+        path: String,
+        header: npy::Header,
+    },
+    Stored {
+        key: String,
+        header: npy::Header,
+    },
 }
 
 /// Reads a block of X's rows.
 struct Reader<'a, S> {
     batch: &'a Batch,
-    file: Option<std::fs::File>,
     store: &'a S,
     runtime: &'a Handle,
 }
@@ -110,7 +117,6 @@ impl Batch {
     pub fn first_input<S: Store>(&self, store: &S, runtime: &Handle) -> Result<Vector, Refusal> {
         let mut reader = Reader {
             batch: self,
-            file: None,
             store,
             runtime,
         };
@@ -130,7 +136,7 @@ impl<S: Store> Reader<'_, S> {
                 let data = &x.data()[row0 * k..(row0 + rows) * k];
                 return Ok(Rows::int8(k, data));
             }
-            Batch::File { path, header } => {
+            Batch::File { file, path, header } => {
                 use std::io::{Read, Seek, SeekFrom};
                 let io = |source| {
                     input(TensorError::Io {
@@ -138,10 +144,7 @@ impl<S: Store> Reader<'_, S> {
                         source,
                     })
                 };
-                let file = match &mut self.file {
-                    Some(file) => file,
-                    None => self.file.insert(std::fs::File::open(path).map_err(io)?),
-                };
+                let mut file = file;
                 let start = header.data_start + row0 * k * header.width;
                 let mut bytes = vec![0u8; rows * k * header.width];
                 file.seek(SeekFrom::Start(start as u64)).map_err(io)?;
@@ -197,7 +200,6 @@ pub(crate) fn cut_batch<S: Store>(
     let shape = Shape { m: a.rows(), k, b };
     let mut reader = Reader {
         batch,
-        file: None,
         store,
         runtime,
     };
@@ -369,9 +371,10 @@ pub(crate) fn cut_inference<S: Store>(
 }
 
 impl Batch {
-    /// X of a matmul job as a reader takes it: the header of a `.npy` file, read and checked
-    /// against the file's size; anything else loaded whole by the caller.
-    pub fn open_file(path: &str) -> Result<Option<Batch>, JobError> {
+    /// X of a matmul job as a reader takes it: the header of a `.npy` file (`file`, opened from
+    /// the job's `path`), read and checked against the file's size; anything else loaded whole
+    /// by the caller.
+    pub fn open_file(file: std::fs::File, path: &str) -> Result<Option<Batch>, JobError> {
         use std::io::Read;
         let input = |source| JobError::Input { what: "x", source };
         let io = |source| {
@@ -380,7 +383,7 @@ impl Batch {
                 source,
             })
         };
-        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut file = file;
         let size = file.metadata().map_err(io)?.len();
         let mut probe = Vec::new();
         (&mut file)
@@ -399,6 +402,7 @@ impl Batch {
         }
         let header = checked_header(&probe, size)?;
         Ok(Some(Batch::File {
+            file,
             path: path.to_string(),
             header,
         }))

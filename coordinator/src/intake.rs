@@ -21,14 +21,16 @@ use starkscale_cairo::batch::Rows;
 use starkscale_cairo::inference::{model_commitment, model_inputs};
 use starkscale_cairo::layer::Model;
 use starkscale_common::broker::Delivery;
+use starkscale_common::data_dir::DataDir;
 use starkscale_common::job::{
-    check_batch_shapes, check_vector_shapes, InlineX, JobError, JobKind, ModelInput, Operand,
-    Request, VectorInput, MAX_BATCH_DIM,
+    check_batch_shapes, check_vector_shapes, InlineX, JobError, JobKind, MatrixInput, ModelInput,
+    Operand, Request, VectorInput, MAX_BATCH_DIM,
 };
 use starkscale_common::messages::{unix_ms, JobProgress, JobRecord, JobResult, JobStatus};
 use starkscale_common::metrics;
 use starkscale_common::store::Store;
-use starkscale_common::{Dtype, JobLimits, JobSpec, Matrix, TensorError, Vector};
+use starkscale_common::tensor::MAX_INPUT_BYTES;
+use starkscale_common::{Dtype, JobLimits, JobSpec, Matrix, Vector};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
@@ -206,7 +208,7 @@ async fn cut_product_job<B, S: Store>(
     spec: &JobSpec,
 ) -> Result<Cut, Refusal> {
     let (a_key, x_key) = spec.redis_keys();
-    let a_bytes = fetch_reference(svc, "a", a_key).await?;
+    let a_bytes = fetch_reference(svc, "a", a_key, MAX_INPUT_BYTES).await?;
     // A matmul job's X by key is read a block at a time when it is a `.npy`.
     let stored_batch = match (spec.kind, x_key) {
         (JobKind::Matmul, Some(key)) => Batch::open_stored(&svc.store, key).await?,
@@ -214,8 +216,9 @@ async fn cut_product_job<B, S: Store>(
     };
     let x_bytes = match stored_batch {
         Some(_) => None,
-        None => fetch_reference(svc, "x", x_key).await?,
+        None => fetch_reference(svc, "x", x_key, MAX_INPUT_BYTES).await?,
     };
+    let data_dir = svc.data_dir.clone();
     let limits = svc.limits;
     let spec = spec.clone();
     let keys = svc.keys.clone();
@@ -232,13 +235,23 @@ async fn cut_product_job<B, S: Store>(
             limits: &limits,
             block_entries,
         };
+        let a_bytes = match (a_bytes, &spec.a) {
+            (None, Some(MatrixInput::Path(path))) => Some(read_path(&data_dir, "a", path)?),
+            (bytes, _) => bytes,
+        };
         let a = spec.load_a(a_bytes.as_deref())?;
         drop(a_bytes);
         let batch = match (spec.kind, &spec.x, stored_batch) {
             (JobKind::Matvec, ..) => None,
             (_, _, Some(stored)) => Some(stored),
-            (_, VectorInput::Path(path), None) => Batch::open_file(path)?,
+            (_, VectorInput::Path(path), None) => {
+                Batch::open_file(open_path(&data_dir, "x", path)?, path)?
+            }
             _ => None,
+        };
+        let x_bytes = match (&batch, x_bytes, &spec.x) {
+            (None, None, VectorInput::Path(path)) => Some(read_path(&data_dir, "x", path)?),
+            (_, bytes, _) => bytes,
         };
         let batch = match batch {
             Some(batch) => batch,
@@ -286,21 +299,10 @@ async fn cut_inference_job<B, S: Store>(
         _ => (None, None),
     };
     let limits = svc.limits;
-    let model_bytes = match &model_key {
-        Some(key) => {
-            let size = svc.store.len(key).await?;
-            if size > limits.max_model_bytes as u64 {
-                return Err(JobError::Model(format!(
-                    "{size} bytes at {key:?}, over the {}-byte limit",
-                    limits.max_model_bytes
-                ))
-                .into());
-            }
-            fetch_reference(svc, "model", Some(key)).await?
-        }
-        None => None,
-    };
-    let x_bytes = fetch_reference(svc, "x", spec.redis_keys().1).await?;
+    let max_model = limits.max_model_bytes as u64;
+    let model_bytes = fetch_reference(svc, "model", model_key.as_deref(), max_model).await?;
+    let x_bytes = fetch_reference(svc, "x", spec.redis_keys().1, MAX_INPUT_BYTES).await?;
+    let data_dir = svc.data_dir.clone();
     let commitment = commitment.map(|c| c.to_lowercase());
     let spec = spec.clone();
     let keys = svc.keys.clone();
@@ -309,7 +311,21 @@ async fn cut_inference_job<B, S: Store>(
     let fan_in = svc.config.fan_in;
     let block_entries = svc.config.plan_block_entries;
     let cut = tokio::task::spawn_blocking(move || -> Result<Cut, Refusal> {
-        let model = load_model(&spec, model_bytes, commitment.as_deref(), &limits)?;
+        let model_bytes = match (model_bytes, &spec.model) {
+            (None, Some(ModelInput::Path(path))) => {
+                let dir = data_dir.as_deref().ok_or_else(no_data_dir)?;
+                Some(dir.read(path, max_model).map_err(|source| JobError::Path {
+                    what: "model",
+                    source,
+                })?)
+            }
+            (bytes, _) => bytes,
+        };
+        let model = load_model(model_bytes, commitment.as_deref())?;
+        let x_bytes = match (x_bytes, &spec.x) {
+            (None, VectorInput::Path(path)) => Some(read_path(&data_dir, "x", path)?),
+            (bytes, _) => bytes,
+        };
         let x = load_model_inputs(&spec, x_bytes.as_deref(), &model, &limits)?;
         let options = CutOptions {
             keys: &keys,
@@ -334,19 +350,11 @@ async fn cut_inference_job<B, S: Store>(
     cut
 }
 
-/// An inference job's model, imported from its ONNX bytes (fetched by key or commitment) or
-/// its path; a model fetched by commitment must have that commitment.
-fn load_model(
-    spec: &JobSpec,
-    fetched: Option<Vec<u8>>,
-    commitment: Option<&str>,
-    limits: &JobLimits,
-) -> Result<Model, JobError> {
-    let bytes = match (&spec.model, fetched) {
-        (_, Some(bytes)) => bytes,
-        (Some(ModelInput::Path(path)), None) => read_bounded(path, limits.max_model_bytes)
-            .map_err(|e| JobError::Model(format!("{path}: {e}")))?,
-        _ => return Err(JobError::NotFetched { what: "model" }),
+/// An inference job's model, imported from its ONNX bytes (read by path, key or commitment);
+/// a model fetched by commitment must have that commitment.
+fn load_model(fetched: Option<Vec<u8>>, commitment: Option<&str>) -> Result<Model, JobError> {
+    let Some(bytes) = fetched else {
+        return Err(JobError::NotFetched { what: "model" });
     };
     let model = starkscale_onnx::from_bytes(&bytes)
         .map_err(|e| JobError::Model(e.to_string()))?
@@ -382,17 +390,7 @@ fn load_model_inputs(
             Rows::int8(v.len(), v.data())
         }
         (_, Some(bytes)) => model_inputs(bytes, model).map_err(input)?,
-        (VectorInput::Path(path), None) => {
-            let max = limits.max_entries.saturating_mul(4).saturating_add(1 << 16);
-            let bytes = read_bounded(path, max).map_err(|source| {
-                input(TensorError::Io {
-                    path: path.clone(),
-                    source,
-                })
-            })?;
-            model_inputs(&bytes, model).map_err(input)?
-        }
-        (VectorInput::RedisKey(_), None) => return Err(JobError::NotFetched { what: "x" }),
+        (_, None) => return Err(JobError::NotFetched { what: "x" }),
     };
     let (b, k) = (x.height(), x.width());
     if b == 0 || k != model.inputs() {
@@ -422,27 +420,50 @@ fn load_model_inputs(
     Ok(x)
 }
 
-/// Reads a regular file of at most `max` bytes, the bound enforced while reading.
-fn read_bounded(path: &str, max: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut bytes = Vec::new();
-    file.take(max as u64 + 1).read_to_end(&mut bytes)?;
-    if bytes.len() > max {
-        return Err(std::io::Error::other(format!("over the {max}-byte limit")));
-    }
-    Ok(bytes)
+/// Opens an input by path inside the data directory.
+fn open_path(
+    data_dir: &Option<Arc<DataDir>>,
+    what: &'static str,
+    reference: &str,
+) -> Result<std::fs::File, JobError> {
+    let dir = data_dir.as_deref().ok_or_else(no_data_dir)?;
+    dir.open_file(reference)
+        .map_err(|source| JobError::Path { what, source })
 }
 
+/// Reads an input by path inside the data directory, at most [`MAX_INPUT_BYTES`].
+fn read_path(
+    data_dir: &Option<Arc<DataDir>>,
+    what: &'static str,
+    reference: &str,
+) -> Result<Vec<u8>, JobError> {
+    let dir = data_dir.as_deref().ok_or_else(no_data_dir)?;
+    dir.read(reference, MAX_INPUT_BYTES)
+        .map_err(|source| JobError::Path { what, source })
+}
+
+fn no_data_dir() -> JobError {
+    JobError::Kind("inputs by path are not served: the coordinator has no data directory".into())
+}
+
+/// Reads an input by Redis key, its size checked against `max` before it is read whole.
 async fn fetch_reference<B, S: Store>(
     svc: &Services<B, S>,
     what: &'static str,
     key: Option<&str>,
+    max: u64,
 ) -> Result<Option<Vec<u8>>, Refusal> {
     let Some(key) = key else { return Ok(None) };
+    match svc.store.len(key).await {
+        Ok(size) if size > max => {
+            return Err(JobError::Limit(format!(
+                "{what}: the value at Redis key {key:?} is {size} bytes, over the {max}-byte limit"
+            ))
+            .into())
+        }
+        Err(e) if e.unavailable => return Err(e.into()),
+        _ => {}
+    }
     match svc.store.get(key).await {
         Ok(Some(bytes)) => Ok(Some(bytes)),
         Ok(None) => Err(JobError::MissingReference {

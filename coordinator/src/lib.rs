@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use starkscale_common::broker::{Broker, BrokerError, Delivery};
 use starkscale_common::config::FleetConfig;
+use starkscale_common::data_dir::DataDir;
 use starkscale_common::messages::{Keys, TaskEvent};
 use starkscale_common::metrics;
 pub(crate) use starkscale_common::plan::DEFAULT_FAN_IN;
@@ -94,6 +95,11 @@ pub struct CoordinatorConfig {
     /// Largest job message, in bytes.
     #[arg(long, env = "STARKSCALE_MAX_JOB_BYTES", default_value_t = 64 << 20)]
     pub max_job_bytes: usize,
+    /// The directory jobs' inputs by `path` are read from: paths resolve beneath it, and
+    /// nothing outside it (by `..`, an absolute path or a symlink) nor anything but a regular
+    /// file is read.
+    #[arg(long, env = "STARKSCALE_DATA_DIR", default_value = ".")]
+    pub data_dir: std::path::PathBuf,
     /// Largest model file an inference job may name, in bytes.
     #[arg(long, env = "STARKSCALE_MAX_MODEL_BYTES", default_value_t = 256 << 20)]
     pub max_model_bytes: usize,
@@ -108,7 +114,7 @@ pub struct CoordinatorConfig {
     #[arg(
         long,
         env = "STARKSCALE_METRICS_ADDR",
-        default_value_t = metrics::on_all_interfaces(metrics::COORDINATOR_PORT)
+        default_value_t = metrics::on_loopback(metrics::COORDINATOR_PORT)
     )]
     pub metrics_addr: SocketAddr,
 }
@@ -128,9 +134,10 @@ impl CoordinatorConfig {
             allow_test_profile: false,
             max_job_bytes: 64 << 20,
             max_model_bytes: 256 << 20,
+            data_dir: ".".into(),
             plan_block_entries: 1 << 20,
             fan_in: DEFAULT_FAN_IN,
-            metrics_addr: metrics::on_all_interfaces(metrics::COORDINATOR_PORT),
+            metrics_addr: metrics::on_loopback(metrics::COORDINATOR_PORT),
         }
     }
 }
@@ -237,11 +244,21 @@ pub(crate) struct Services<B, S> {
     pub keys: Keys,
     pub config: Arc<CoordinatorConfig>,
     pub limits: JobLimits,
+    /// Where inputs by path are read; `None` when it cannot be opened (such jobs are refused).
+    pub data_dir: Option<Arc<DataDir>>,
 }
 
 impl<B: Broker, S: Store> Services<B, S> {
     fn new(broker: B, store: S, config: &CoordinatorConfig) -> Services<B, S> {
+        let data_dir = match DataDir::open(&config.data_dir) {
+            Ok(dir) => Some(Arc::new(dir)),
+            Err(error) => {
+                error!(dir = %config.data_dir.display(), %error, "cannot open the data directory; jobs naming inputs by path are refused");
+                None
+            }
+        };
         Services {
+            data_dir,
             keys: Keys::new(config.fleet.prefix.clone()),
             limits: JobLimits {
                 max_job_bytes: config.max_job_bytes,

@@ -69,7 +69,7 @@ pub struct WorkerConfig {
     #[arg(
         long,
         env = "STARKSCALE_METRICS_ADDR",
-        default_value_t = metrics::on_all_interfaces(metrics::WORKER_PORT)
+        default_value_t = metrics::on_loopback(metrics::WORKER_PORT)
     )]
     pub metrics_addr: SocketAddr,
 }
@@ -85,7 +85,7 @@ impl WorkerConfig {
             max_steps: DEFAULT_MAX_STEPS,
             task_deadline_s: 20 * 60,
             store_patience_s: 120,
-            metrics_addr: metrics::on_all_interfaces(metrics::WORKER_PORT),
+            metrics_addr: metrics::on_loopback(metrics::WORKER_PORT),
         }
     }
 }

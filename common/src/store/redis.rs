@@ -65,8 +65,10 @@ async fn timed<T>(op: &'static str, call: impl Future<Output = T>) -> T {
 }
 
 impl RedisStore {
+    /// Connects to `url`; errors name it with its password redacted.
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(err("connect", url))?;
+        let shown = crate::broker::redact(url);
+        let client = redis::Client::open(url).map_err(err("connect", &shown))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(RESPONSE_TIMEOUT)
@@ -74,7 +76,7 @@ impl RedisStore {
             .set_max_delay(2000);
         let conn = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(err("connect", url))?;
+            .map_err(err("connect", &shown))?;
         Ok(RedisStore { conn })
     }
 }
