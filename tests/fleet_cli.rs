@@ -192,7 +192,16 @@ fn two_workers_split_a_job_and_a_sigkilled_worker_loses_nothing() {
     });
     std::fs::write(&job_path, job.to_string()).unwrap();
 
-    let coordinator = Service::start(&["coordinator", "--allow-test-profile"], &prefix);
+    // The coordinator reads A from its data directory, where the job's files are.
+    let coordinator = Service::start(
+        &[
+            "coordinator",
+            "--allow-test-profile",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &prefix,
+    );
     let steady = Service::start(
         &["worker", "--profile", "test", "--name", "steady"],
         &prefix,
