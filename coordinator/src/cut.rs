@@ -183,6 +183,47 @@ fn block_rows(shape: &Shape, entries: usize) -> usize {
 /// Bytes of task inputs gathered before they are written.
 const WRITE_BATCH_BYTES: usize = 32 << 20;
 
+/// Task inputs gathered and written in batches of about [`WRITE_BATCH_BYTES`], so that planning
+/// holds a bounded part of a large job's inputs.
+struct Writes<'a, S> {
+    store: &'a S,
+    runtime: &'a Handle,
+    ttl: Duration,
+    pending: Vec<(String, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl<'a, S: Store> Writes<'a, S> {
+    fn new(store: &'a S, runtime: &'a Handle, ttl: Duration) -> Writes<'a, S> {
+        Writes {
+            store,
+            runtime,
+            ttl,
+            pending: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), Refusal> {
+        self.bytes += value.len();
+        self.pending.push((key, value));
+        if self.bytes >= WRITE_BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Refusal> {
+        let batch = std::mem::take(&mut self.pending);
+        self.bytes = 0;
+        Ok(self.runtime.block_on(self.store.put_all(batch, self.ttl))?)
+    }
+
+    fn finish(mut self) -> Result<(), Refusal> {
+        self.flush()
+    }
+}
+
 /// Plans a matmul job reading X a block of inputs at a time. Pass 1 computes each block's
 /// outputs, advances the X and Y chains and appends the block of Y to its key; the
 /// commitments, seed and challenges follow. Pass 2 cuts the segments, reading each one's rows
@@ -236,8 +277,7 @@ pub(crate) fn cut_batch<S: Store>(
     }
     let program = Pinned::Batch.hash();
     let mut segments = Vec::with_capacity(specs.len());
-    let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut pending_bytes = 0;
+    let mut writes = Writes::new(store, runtime, ttl);
     let mut states: Option<(Stream, Vec<[u32; 8]>)> = None;
     for (task, spec) in specs.iter().enumerate() {
         let data = match spec.stream {
@@ -280,15 +320,12 @@ pub(crate) fn cut_batch<S: Store>(
             rows: spec.rows,
             fact: fact(&program, &output).to_hex(),
         });
-        let bytes = input.to_bytes();
-        pending_bytes += bytes.len();
-        pending.push((options.keys.task_input(options.job_id, task), bytes));
-        if pending_bytes >= WRITE_BATCH_BYTES {
-            runtime.block_on(store.put_all(std::mem::take(&mut pending), ttl))?;
-            pending_bytes = 0;
-        }
+        writes.put(
+            options.keys.task_input(options.job_id, task),
+            input.to_bytes(),
+        )?;
     }
-    runtime.block_on(store.put_all(pending, ttl))?;
+    writes.finish()?;
     let [com_a, com_x, com_y] = statement.commitments;
     Ok(Layout::Batch(BatchLayout {
         m: shape.m,
@@ -330,8 +367,7 @@ pub(crate) fn cut_inference<S: Store>(
         .into());
     }
     let mut segments = Vec::with_capacity(specs.len());
-    let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut pending_bytes = 0;
+    let mut writes = Writes::new(store, runtime, ttl);
     for (task, spec) in specs.iter().enumerate() {
         let input = inference.task(spec);
         let output = inference.expected_output(&input);
@@ -347,15 +383,12 @@ pub(crate) fn cut_inference<S: Store>(
             rows,
             fact: fact(&input.program().hash(), &output).to_hex(),
         });
-        let bytes = input.to_bytes();
-        pending_bytes += bytes.len();
-        pending.push((options.keys.task_input(options.job_id, task), bytes));
-        if pending_bytes >= WRITE_BATCH_BYTES {
-            runtime.block_on(store.put_all(std::mem::take(&mut pending), ttl))?;
-            pending_bytes = 0;
-        }
+        writes.put(
+            options.keys.task_input(options.job_id, task),
+            input.to_bytes(),
+        )?;
     }
-    runtime.block_on(store.put_all(pending, ttl))?;
+    writes.finish()?;
     Ok(Layout::Inference(InferenceLayout {
         batch: inference.batch(),
         dims: inference

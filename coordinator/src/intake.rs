@@ -272,18 +272,28 @@ async fn cut_product_job<B, S: Store>(
             return Ok(cut_tiles(&a, &x, &options, true));
         }
         let planned = cut_batch(&store, &runtime, &a, &batch, &options, ttl);
-        if planned.is_err() {
-            // What pass 1 wrote of Y goes with the refusal.
-            let _ = runtime.block_on(store.delete(&[keys.y(&id)]));
-        }
-        Ok(Cut {
-            layout: planned?,
-            values: Vec::new(),
-        })
+        stored_cut(&store, &runtime, &keys.y(&id), planned)
     })
     .await
     .map_err(|e| JobError::Limit(format!("planning the job panicked: {e}")))?;
     cut
+}
+
+/// A job whose inputs the cut stored as it went (a matmul job's Y, an inference's logits, every
+/// task input); a refusal deletes the outputs it wrote first.
+fn stored_cut<S: Store>(
+    store: &S,
+    runtime: &Handle,
+    y_key: &str,
+    planned: Result<starkscale_common::messages::Layout, Refusal>,
+) -> Result<Cut, Refusal> {
+    if planned.is_err() {
+        let _ = runtime.block_on(store.delete(&[y_key.to_string()]));
+    }
+    Ok(Cut {
+        layout: planned?,
+        values: Vec::new(),
+    })
 }
 
 /// Imports an inference job's model, loads its inputs, computes every layer and cuts the job,
@@ -337,13 +347,7 @@ async fn cut_inference_job<B, S: Store>(
             block_entries,
         };
         let planned = cut_inference(&store, &runtime, &model, &x, &options, ttl);
-        if planned.is_err() {
-            let _ = runtime.block_on(store.delete(&[keys.y(&id)]));
-        }
-        Ok(Cut {
-            layout: planned?,
-            values: Vec::new(),
-        })
+        stored_cut(&store, &runtime, &keys.y(&id), planned)
     })
     .await
     .map_err(|e| JobError::Limit(format!("planning the job panicked: {e}")))?;
