@@ -434,6 +434,7 @@ async fn check_fleet_result(
             a_commitment: None,
             x: Some(&x),
             allow_test,
+            starks_verified: false,
         };
         return Ok(verify_certificate(certificate, &expect)?.verify_s);
     }
@@ -452,6 +453,7 @@ async fn check_fleet_result(
         x: Some(&x),
         y: Some(&y),
         allow_test,
+        starks_verified: false,
     };
     Ok(verify_batch(certificate, &expect)?.verify_s)
 }
@@ -710,6 +712,7 @@ pub fn batch(args: BatchArgs) -> Result<()> {
             x: Some(&x),
             y: Some(&y),
             allow_test: true,
+            starks_verified: false,
         },
     )
     .context("verifying the benchmark certificate")?;
@@ -895,6 +898,7 @@ pub fn inference(args: InferenceArgs) -> Result<()> {
             x: Some(&x),
             logits: Some(inference.logits()),
             allow_test: true,
+            starks_verified: false,
         },
     )
     .context("verifying the benchmark certificate")?;

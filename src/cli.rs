@@ -62,6 +62,9 @@ enum Command {
     Result(client::ResultArgs),
     /// Stop a running job and free its keys.
     Cancel(client::CancelArgs),
+    /// Least-privilege accounts: write the files that create them, or print each role's rules.
+    #[command(subcommand)]
+    Access(crate::access::AccessCommand),
 }
 
 #[derive(Args, Debug)]
@@ -233,6 +236,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => serve(|_| client::status(args)),
         Command::Result(args) => serve(|_| client::result(args)),
         Command::Cancel(args) => serve(|_| client::cancel(args)),
+        Command::Access(command) => crate::access::access(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -445,6 +449,7 @@ fn verify(args: VerifyArgs) -> Result<()> {
         a_commitment: commitment,
         x: x.as_ref(),
         allow_test: args.allow_test_profile,
+        starks_verified: false,
     };
     let verified = verify_certificate(&bytes, &expect)?;
     // A matmul job of one input is proven as a matvec: its Y is that one y, as a row.
@@ -566,6 +571,7 @@ fn verify_batch_cmd(args: &VerifyArgs, bytes: &[u8], commitment: Option<Digest>)
         x: x.as_ref(),
         y: y.as_ref(),
         allow_test: args.allow_test_profile,
+        starks_verified: false,
     };
     let v = verify_batch(bytes, &expect)?;
     let checked = |given: bool| {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::check::Known;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -62,7 +63,21 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub y_out: Option<PathBuf>,
     #[command(flatten)]
+    pub trust: TrustArgs,
+    #[command(flatten)]
     pub fleet: FleetConfig,
+}
+
+/// How far a client trusts a result before printing it.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct TrustArgs {
+    /// Print the result without verifying its certificate (by default it is verified against
+    /// what this client knows of the job, and a result that fails is reported as forged).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Accept certificates of test-profile proofs (lowered security; for tests).
+    #[arg(long)]
+    pub allow_test_profile: bool,
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +99,8 @@ pub struct ResultArgs {
     /// outputs int8 `.npy`) to this file.
     #[arg(long)]
     pub y_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     #[command(flatten)]
     pub fleet: FleetConfig,
 }
@@ -170,7 +187,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .y_out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{job_id}.y.npy")));
-    save_outputs(&store, &result, Some(&out), Some(&y_out)).await?;
+    Outputs::fetch(&store, &result)
+        .await?
+        .save(Some(&out), Some(&y_out))?;
     print_result(&result)
 }
 
@@ -289,6 +308,11 @@ async fn read_progress<S: Store>(
 pub async fn submit(args: SubmitArgs) -> Result<()> {
     let mut spec = read_job(&args.job)?;
     let job_id = spec.job_id.clone().unwrap_or_default();
+    // What to hold the result to: what this client has in hand before anything is sent.
+    let known = match args.wait && !args.trust.no_verify {
+        true => Known::of(&spec, args.upload),
+        false => Known::default(),
+    };
     let keys = Keys::new(args.fleet.prefix.clone());
     let store = RedisStore::connect(&args.fleet.redis_url).await?;
     if args.upload {
@@ -296,7 +320,7 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
     }
     let body = serde_json::to_vec(&spec)?;
     let topology = Topology::new(args.fleet.prefix.clone());
-    let broker = AmqpBroker::connect(&args.fleet.amqp_url, topology.clone()).await?;
+    let broker = AmqpBroker::join(&args.fleet.amqp_url, topology.clone()).await?;
     // Subscribe before publishing, so the result cannot slip past.
     let mut results = if args.wait {
         Some(broker.subscribe_results(&job_id).await?)
@@ -314,7 +338,9 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
     let timeout = Duration::from_secs(args.timeout_s);
     let result = wait_for_result(results, &store, &keys, &job_id, Some(timeout)).await?;
     broker.close().await;
-    save_outputs(&store, &result, args.out.as_deref(), args.y_out.as_deref()).await?;
+    let outputs = Outputs::fetch(&store, &result).await?;
+    outputs.check(&result, &keys, &known, args.trust)?;
+    outputs.save(args.out.as_deref(), args.y_out.as_deref())?;
     print_result(&result)
 }
 
@@ -414,7 +440,7 @@ pub async fn cancel(args: CancelArgs) -> Result<()> {
         Some(_) => {}
     }
     let topology = Topology::new(args.fleet.prefix.clone());
-    let broker = AmqpBroker::connect(&args.fleet.amqp_url, topology.clone()).await?;
+    let broker = AmqpBroker::join(&args.fleet.amqp_url, topology.clone()).await?;
     let mut results = broker.subscribe_results(&args.job_id).await?;
     let request = CancelRequest {
         cancel: args.job_id.clone(),
@@ -451,33 +477,75 @@ pub async fn result(args: ResultArgs) -> Result<()> {
         );
     };
     let result: JobResult = serde_json::from_slice(&bytes).context("decoding the stored result")?;
-    save_outputs(&store, &result, args.out.as_deref(), args.y_out.as_deref()).await?;
+    let outputs = Outputs::fetch(&store, &result).await?;
+    // Without the job file, the certificate is checked in itself and against the result's y.
+    outputs.check(&result, &keys, &Known::default(), args.trust)?;
+    outputs.save(args.out.as_deref(), args.y_out.as_deref())?;
     print_result(&result)
 }
 
-/// Writes what a result references to files: its certificate to `certificate`, a matmul job's
-/// Y to `y`. A path is ignored when the result has no such value.
-async fn save_outputs<S: Store>(
-    store: &S,
-    result: &JobResult,
-    certificate: Option<&Path>,
-    y: Option<&Path>,
-) -> Result<()> {
-    for (path, key, what) in [
-        (certificate, &result.certificate_key, "certificate"),
-        (y, &result.y_key, "Y"),
-    ] {
-        let (Some(path), Some(key)) = (path, key) else {
-            continue;
+/// What a result references in the store: its certificate and, for a matmul or inference job,
+/// its Y or logits.
+struct Outputs {
+    certificate: Option<Vec<u8>>,
+    y: Option<Vec<u8>>,
+}
+
+impl Outputs {
+    async fn fetch<S: Store>(store: &S, result: &JobResult) -> Result<Outputs> {
+        let get = |key: Option<String>| async move {
+            match key {
+                Some(key) => store.get(&key).await,
+                None => Ok(None),
+            }
         };
-        let bytes = store
-            .get(key)
-            .await?
-            .with_context(|| format!("the {what} at {key} has expired"))?;
-        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("{what} written to {}", path.display());
+        Ok(Outputs {
+            certificate: get(result.certificate_key.clone()).await?,
+            y: get(result.y_key.clone()).await?,
+        })
     }
-    Ok(())
+
+    /// Holds the result to its certificate and to `known` (unless told not to): a result
+    /// that fails is an error naming it forged.
+    fn check(
+        &self,
+        result: &JobResult,
+        keys: &Keys,
+        known: &Known,
+        trust: TrustArgs,
+    ) -> Result<()> {
+        if trust.no_verify {
+            return Ok(());
+        }
+        let checked = crate::check::check(
+            result,
+            keys,
+            self.certificate.as_deref(),
+            self.y.as_deref(),
+            known,
+            trust.allow_test_profile,
+        )?;
+        if let Some(checked) = checked {
+            eprintln!("{}", checked.summary);
+        }
+        Ok(())
+    }
+
+    /// Writes the certificate to `certificate` and Y to `y`; a path is ignored when the result
+    /// has no such value.
+    fn save(&self, certificate: Option<&Path>, y: Option<&Path>) -> Result<()> {
+        for (path, bytes, what) in [
+            (certificate, &self.certificate, "certificate"),
+            (y, &self.y, "Y"),
+        ] {
+            let (Some(path), Some(bytes)) = (path, bytes) else {
+                continue;
+            };
+            std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("{what} written to {}", path.display());
+        }
+        Ok(())
+    }
 }
 
 /// Prints the result as one JSON line; an error exit unless the job succeeded.

@@ -255,6 +255,7 @@ pub fn verify_inference_cmd(bytes: &[u8], given: VerifyInference) -> Result<()> 
             x: x.as_ref(),
             logits: logits.as_ref(),
             allow_test: given.allow_test,
+            starks_verified: false,
         },
     )?;
     let checked = |given: bool| {

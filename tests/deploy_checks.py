@@ -31,7 +31,8 @@ def compose(path):
     for name, service in services.items():
         if "cli" in service.get("profiles", []):
             continue
-        need("healthcheck" in service, f"compose: {name} has no healthcheck")
+        one_shot = service.get("restart") == "no"
+        need(one_shot or "healthcheck" in service, f"compose: {name} has no healthcheck")
         for dep, cond in (service.get("depends_on") or {}).items():
             need(
                 isinstance(cond, dict) and "condition" in cond,
@@ -59,6 +60,12 @@ def compose(path):
         for plugin in ("rabbitmq_management", "rabbitmq_prometheus"):
             need(plugin in text, f"compose: {plugin} is not enabled")
     command = " ".join(map(str, services.get("redis", {}).get("command", [])))
+    need("--aclfile " in command, "compose: redis runs without the fleet's ACL users")
+    need("requirepass" not in command, "compose: redis has one shared password")
+    need(
+        "RABBITMQ_DEFAULT_PASS" not in (rabbit.get("environment") or {}),
+        "compose: rabbitmq has one shared account",
+    )
     need("--maxmemory " in command, "compose: redis has no maxmemory")
     need("--maxmemory-policy noeviction" in command, "compose: redis may evict keys")
     need("--appendonly yes" in command, "compose: redis keeps no append-only file")

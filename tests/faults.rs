@@ -251,7 +251,13 @@ async fn a_coordinator_killed_between_any_two_writes_leaves_every_job_to_end_rig
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("crash.cert");
     let fetched = support::starkscale_with(
-        &["result", "crash-5", "--out", cert.to_str().unwrap()],
+        &[
+            "result",
+            "crash-5",
+            "--allow-test-profile",
+            "--out",
+            cert.to_str().unwrap(),
+        ],
         &rig.prefix,
         &[],
     );
@@ -647,7 +653,14 @@ async fn soak_forty_jobs_from_four_clients_through_a_worker_kill_and_a_rabbitmq_
     );
     let client2 = run_all(
         wait.iter()
-            .map(|p| starkscale(vec!["submit".into(), path(p), "--wait".into()]))
+            .map(|p| {
+                starkscale(vec![
+                    "submit".into(),
+                    path(p),
+                    "--wait".into(),
+                    "--allow-test-profile".into(),
+                ])
+            })
             .collect(),
     );
     // Client 3: pika, waiting for each result.

@@ -903,6 +903,7 @@ async fn matmul_jobs_are_proven_in_segments_and_certified_against_x_and_y() {
         x: Some(&x),
         y: Some(&y),
         allow_test: true,
+        starks_verified: false,
     };
     let verified = verify_batch(&cert, &expect).unwrap();
     assert_eq!((verified.shape, verified.segments), (shape, 4));
@@ -945,6 +946,7 @@ async fn matmul_jobs_are_proven_in_segments_and_certified_against_x_and_y() {
         a_commitment: None,
         x: Some(&x_one),
         allow_test: true,
+        starks_verified: false,
     };
     assert_eq!(verify_certificate(&cert, &expect).unwrap().y, native_one[0]);
     fleet.clean_up(&["mm", "mm-one"]).await;
@@ -1058,6 +1060,7 @@ async fn inference_jobs_are_proven_in_segments_and_certified_against_model_input
         x: Some(&x),
         logits: Some(&logits_rows),
         allow_test: true,
+        starks_verified: false,
     };
     let verified = verify_inference(&cert, &expect).unwrap();
     assert_eq!(

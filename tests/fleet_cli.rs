@@ -22,7 +22,17 @@ fn submit_wait_result_and_sigterm() {
     let worker = Service::start(&["worker", "--profile", "test"], &prefix);
 
     let job = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/job-inline.json");
-    let out = starkscale(&["submit", job, "--wait", "--timeout-s", "300"], &prefix);
+    let out = starkscale(
+        &[
+            "submit",
+            job,
+            "--wait",
+            "--allow-test-profile",
+            "--timeout-s",
+            "300",
+        ],
+        &prefix,
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -61,7 +71,13 @@ fn submit_wait_result_and_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("job.cert");
     let out = starkscale(
-        &["result", "example-inline", "--out", cert.to_str().unwrap()],
+        &[
+            "result",
+            "example-inline",
+            "--allow-test-profile",
+            "--out",
+            cert.to_str().unwrap(),
+        ],
         &prefix,
     );
     assert!(
@@ -70,6 +86,45 @@ fn submit_wait_result_and_sigterm() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(std::fs::read(&cert).unwrap().starts_with(b"SSJC"));
+
+    // A stored result someone rewrote is reported as forged, whatever was changed: its y, or
+    // where its certificate is. The untouched result passes again afterwards.
+    let result_key = format!("{prefix}:job:example-inline:result");
+    let redis = |args: &[&str]| {
+        let out = Command::new("redis-cli").args(args).output().unwrap();
+        assert!(out.status.success(), "redis-cli {args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Not a terminal: redis-cli prints the value raw, with a newline.
+    let honest = redis(&["GET", &result_key]).trim_end().to_string();
+    let mut stored: serde_json::Value = serde_json::from_str(&honest).unwrap();
+    let y0 = stored["y"][0].as_i64().unwrap();
+    let mut forged_y = stored.clone();
+    forged_y["y"][0] = serde_json::json!(y0 + 1);
+    stored["certificate_key"] = serde_json::json!(format!("{prefix}:job:other:certificate"));
+    for forged in [forged_y, stored] {
+        redis(&["SET", &result_key, &forged.to_string(), "EX", "600"]);
+        let out = starkscale(
+            &["result", "example-inline", "--allow-test-profile"],
+            &prefix,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("FORGED"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "a forged result is not printed");
+    }
+    redis(&["SET", &result_key, &honest, "EX", "600"]);
+    let out = starkscale(
+        &["result", "example-inline", "--allow-test-profile"],
+        &prefix,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Both certificates verify against the model commitment and x; another x, or the default
     // refusal of test-profile proofs, is named.
@@ -130,6 +185,7 @@ fn submit_wait_result_and_sigterm() {
             "submit",
             bad.to_str().unwrap(),
             "--wait",
+            "--allow-test-profile",
             "--timeout-s",
             "60",
         ],
@@ -225,7 +281,7 @@ fn two_workers_split_a_job_and_a_sigkilled_worker_loses_nothing() {
 
     let started = Instant::now();
     let result = loop {
-        let out = starkscale(&["result", "kill"], &prefix);
+        let out = starkscale(&["result", "kill", "--allow-test-profile"], &prefix);
         if out.status.success() {
             break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
         }
@@ -297,6 +353,7 @@ fn a_matmul_job_uploaded_from_npy_files_verifies_and_runs_embedded() {
             "--upload-ttl-s",
             "600",
             "--wait",
+            "--allow-test-profile",
             "--timeout-s",
             "300",
             "--out",
@@ -420,6 +477,7 @@ fn an_inference_job_uploads_its_model_once_and_verifies_against_its_commitment()
             "--upload-ttl-s",
             "600",
             "--wait",
+            "--allow-test-profile",
             "--timeout-s",
             "300",
             "--out",
@@ -497,6 +555,7 @@ fn an_inference_job_uploads_its_model_once_and_verifies_against_its_commitment()
             "submit",
             &path("job2.json"),
             "--wait",
+            "--allow-test-profile",
             "--timeout-s",
             "300",
             "--y-out",

@@ -1,7 +1,8 @@
 """Submit a job with pika and wait for its result on the results exchange.
 
-Any AMQP client can use the fleet: this one publishes to `<prefix>.jobs` (persistent, with
-publisher confirms, mandatory) and reads the result from an exclusive queue bound to the
+Any AMQP client can use the fleet: this one publishes to the `<prefix>.jobs.submit` exchange,
+which routes to the `<prefix>.jobs` queue (persistent, with publisher confirms, mandatory; a
+client account may publish nowhere else) and reads the result from an exclusive queue bound to the
 `<prefix>.results` topic exchange with the job id as routing key.
 
 usage: pika_client.py PREFIX JOB_FILE [TIMEOUT_S]   (prints the result JSON)
@@ -30,8 +31,8 @@ def main() -> int:
     results = channel.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
     channel.queue_bind(queue=results, exchange=f"{prefix}.results", routing_key=job_id)
     channel.basic_publish(
-        exchange="",
-        routing_key=f"{prefix}.jobs",
+        exchange=f"{prefix}.jobs.submit",
+        routing_key="",
         body=body,
         properties=pika.BasicProperties(delivery_mode=2, content_type="application/json"),
         mandatory=True,

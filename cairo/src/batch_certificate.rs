@@ -82,6 +82,10 @@ pub struct BatchExpect<'a> {
     pub x: Option<&'a Rows>,
     pub y: Option<&'a Rows>,
     pub allow_test: bool,
+    /// The caller verified every proof's STARK already, and holds these very bytes (the
+    /// coordinator, which kept a digest of each proof it verified on acceptance): check
+    /// everything but the STARKs again.
+    pub starks_verified: bool,
 }
 
 impl BatchExpect<'_> {
@@ -242,8 +246,10 @@ pub fn verify_batch(bytes: &[u8], expect: &BatchExpect) -> Result<VerifiedBatch,
         }
     }
     let segments = checked.facts.len();
-    for (index, proof) in proofs.into_iter().enumerate() {
-        check_stark(proof).map_err(|source| BatchError::Proof { index, source })?;
+    if !expect.starks_verified {
+        for (index, proof) in proofs.into_iter().enumerate() {
+            check_stark(proof).map_err(|source| BatchError::Proof { index, source })?;
+        }
     }
     Ok(VerifiedBatch {
         profile,

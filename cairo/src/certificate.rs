@@ -288,6 +288,10 @@ pub struct Expectations<'a> {
     pub x: Option<&'a Vector>,
     /// Accept proofs at the test profile.
     pub allow_test: bool,
+    /// The caller verified every proof's STARK already, and holds these very bytes (the
+    /// coordinator, which kept a digest of each proof it verified on acceptance): check
+    /// everything but the STARKs again.
+    pub starks_verified: bool,
 }
 
 /// One decoded, pinned proof and its statement.
@@ -384,7 +388,9 @@ pub fn verify_certificate(
         y: root.y.clone(),
         verify_s: 0.0,
     };
-    check_starks(entries)?;
+    if !expect.starks_verified {
+        check_starks(entries)?;
+    }
     Ok(VerifiedCertificate {
         verify_s: started.elapsed().as_secs_f64(),
         ..summary

@@ -57,6 +57,7 @@ fn expect<'a>(a: &'a starkscale_cairo::Digest, job: &'a Job) -> BatchExpect<'a> 
         x: Some(&job.x),
         y: Some(&job.y),
         allow_test: true,
+        starks_verified: false,
     }
 }
 

@@ -117,6 +117,7 @@ fn an_honest_certificate_verifies_against_its_matrix_and_x() {
         a_commitment: Some(commit_matrix(&f.a, TILE_ROWS, 1024)),
         x: Some(&f.x),
         allow_test: true,
+        starks_verified: false,
     };
     let verified = verify_certificate(&f.certificate.to_bytes(), &expect).unwrap();
     assert_eq!(verified.y, f.a.matvec(&f.x).unwrap());
@@ -292,4 +293,45 @@ fn a_changed_header_is_refused() {
     assert!(matches!(err, CertificateError::Coverage(_)), "{err}");
     let err = verify_certificate(b"SSJC\x01garbage", &test_profile()).unwrap_err();
     assert!(matches!(err, CertificateError::Malformed(_)), "{err}");
+}
+
+/// What the coordinator checks before publishing a result: with the STARKs already verified
+/// (and the bytes bound to them by digests), a forged record still fails — a changed y, a
+/// changed fact, a missing tile — while a flipped byte deep inside a proof, which only its
+/// STARK would catch, is left to the digests.
+#[test]
+fn structural_checks_alone_refuse_forged_statements() {
+    let structural = Expectations {
+        allow_test: true,
+        starks_verified: true,
+        ..Expectations::default()
+    };
+    let check = |tamper: &dyn Fn(&mut Certificate)| {
+        let mut cert = fixture().certificate.clone();
+        tamper(&mut cert);
+        verify_certificate(&cert.to_bytes(), &structural)
+    };
+    let honest = check(&|_| {}).unwrap();
+    assert_eq!(honest.y, fixture().a.matvec(&fixture().x).unwrap());
+    let y = check(&|c| c.y[0] -= 1).unwrap_err();
+    assert!(matches!(y, CertificateError::Y { row: 0, .. }), "{y}");
+    let fact = check(&|c| {
+        c.proofs[0] = TileProof::forge_output_word(&c.proofs[0], 7, 1).unwrap();
+    })
+    .unwrap_err();
+    assert!(matches!(fact, CertificateError::Facts(_)), "{fact}");
+    let missing = check(&|c| {
+        c.proofs.remove(1);
+    })
+    .unwrap_err();
+    assert!(
+        matches!(missing, CertificateError::Coverage(_)),
+        "{missing}"
+    );
+    check(&|c| {
+        let proof = &mut c.proofs[1];
+        let at = proof.len() - 1000;
+        proof[at] ^= 0x01;
+    })
+    .expect("a STARK-only change is the digests' to catch");
 }

@@ -309,6 +309,7 @@ fn an_inference_certificate_verifies_against_model_inputs_and_logits() {
         x: Some(&p.x),
         logits: Some(&p.logits),
         allow_test: true,
+        starks_verified: false,
     };
     let verified = verify_inference(&p.bytes, &expect).expect("verifies");
     assert_eq!(verified.profile, Profile::Test);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::access::Role;
 use crate::broker::{redact, AmqpBroker, Topology};
 use crate::metrics;
 use crate::store::RedisStore;
@@ -57,7 +58,7 @@ impl FleetConfig {
     /// Runs `serve` over fresh RabbitMQ and Redis connections until it returns `Ok` (it does on
     /// shutdown). A lost connection is not fatal: unacked deliveries return to their queues, and
     /// the loop reconnects with backoff (250 ms doubling to 10 s, reset after a long good run).
-    pub async fn serve<F, Fut, E>(&self, role: &str, shutdown: &CancellationToken, mut serve: F)
+    pub async fn serve<F, Fut, E>(&self, role: Role, shutdown: &CancellationToken, mut serve: F)
     where
         F: FnMut(AmqpBroker, RedisStore) -> Fut,
         Fut: Future<Output = Result<(), E>>,
@@ -68,7 +69,12 @@ impl FleetConfig {
         loop {
             let started = Instant::now();
             let topology = Topology::new(self.prefix.clone());
-            let error = match AmqpBroker::connect(&self.amqp_url, topology).await {
+            // The coordinator owns the topology; a worker joins it.
+            let broker = match role {
+                Role::Coordinator => AmqpBroker::connect(&self.amqp_url, topology).await,
+                Role::Worker | Role::Client => AmqpBroker::join(&self.amqp_url, topology).await,
+            };
+            let error = match broker {
                 Err(e) => e.to_string(),
                 Ok(broker) => {
                     let served = match RedisStore::connect(&self.redis_url).await {
@@ -90,6 +96,7 @@ impl FleetConfig {
             if started.elapsed() > Duration::from_secs(60) {
                 backoff = FIRST;
             }
+            let role = role.name();
             warn!(%error, retry_in = ?backoff, "{role} lost RabbitMQ or Redis; reconnecting");
             tokio::select! {
                 _ = shutdown.cancelled() => return,

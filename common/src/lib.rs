@@ -5,6 +5,8 @@
 //! - [`job`]: the job format ([`JobSpec`]), its validation and its JSON Schema.
 //! - [`plan`]: how a matrix is cut into tiles ([`TilePlan`]) and how tall tiles should be.
 //! - [`messages`]: tasks, task events, and the Redis keyspace ([`messages::Keys`]).
+//! - [`access`]: each role's Redis ACL rules and RabbitMQ permissions, and the files that
+//!   create a deployment's accounts.
 //! - [`config`]: where the fleet is ([`config::FleetConfig`]), shared by every process.
 //! - [`broker`]: RabbitMQ topology and confirmed publishing ([`broker::AmqpBroker`]).
 //! - [`store`]: Redis with a TTL on every write ([`store::RedisStore`]).
@@ -13,6 +15,7 @@
 //!
 //! Nothing here touches the proving stack; `starkscale-cairo` owns that.
 
+pub mod access;
 pub mod broker;
 pub mod config;
 pub mod data_dir;

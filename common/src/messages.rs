@@ -395,6 +395,21 @@ pub struct TaskRecord {
     /// Times the broker dead-lettered this task (its delivery limit ran out).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dead_letters: u32,
+    /// [`proof_digest`] of the accepted proof: the bytes the coordinator verified. Workers may
+    /// write proof keys, so the proof read back when the certificate is assembled is held to
+    /// this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof_digest: Option<String>,
+    /// Workers that reported this task cannot be proven (a second one's agreement fails the
+    /// job).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unprovable_by: Vec<String>,
+}
+
+/// SHA-256 of a proof's bytes, in hex.
+pub fn proof_digest(proof: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(proof))
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -413,6 +428,8 @@ impl Default for TaskRecord {
             published_unix_ms: None,
             not_before_unix_ms: 0,
             dead_letters: 0,
+            proof_digest: None,
+            unprovable_by: Vec::new(),
         }
     }
 }

@@ -19,7 +19,7 @@ use starkscale_cairo::inference::InferRootOutput;
 use starkscale_cairo::program::Pinned;
 use starkscale_cairo::tree::{NodeOutput, RootOutput};
 use starkscale_cairo::{verify_proof, verify_tile};
-use starkscale_common::messages::{Keys, TaskEvent, TaskKind};
+use starkscale_common::messages::{proof_digest, Keys, TaskEvent, TaskKind};
 use starkscale_common::metrics::{self, Stage};
 use starkscale_common::store::{Store, StoreError};
 use starkscale_common::TileSpec;
@@ -61,8 +61,18 @@ pub(crate) enum Expected {
     },
 }
 
-/// A proof's verdict: its public output, or why it is refused.
-pub(crate) type Verdict = Result<Vec<u32>, String>;
+/// What a proof states (its public output), or why it is refused.
+pub(crate) type Checked = Result<Vec<u32>, String>;
+
+/// An accepted proof: its public output, and the digest of the bytes that were verified.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub output: Vec<u32>,
+    pub proof_digest: String,
+}
+
+/// A reported proof's verdict.
+pub(crate) type Verdict = Result<Accepted, String>;
 
 /// Fetches the proof an event names and checks it off the event loop. `Err` only when the store
 /// is unavailable; a missing or bad proof is a refused verdict.
@@ -80,7 +90,10 @@ pub(crate) async fn verify_reported<S: Store>(
     };
     let checked = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let verdict = check(&expected, &proof, allow_test);
+        let verdict = check(&expected, &proof, allow_test).map(|output| Accepted {
+            output,
+            proof_digest: proof_digest(&proof),
+        });
         (verdict, started.elapsed().as_secs_f64())
     })
     .await;
@@ -93,7 +106,7 @@ pub(crate) async fn verify_reported<S: Store>(
 }
 
 /// Verifies `proof` and that it states what `expected` says.
-pub(crate) fn check(expected: &Expected, proof: &[u8], allow_test: bool) -> Verdict {
+pub(crate) fn check(expected: &Expected, proof: &[u8], allow_test: bool) -> Checked {
     match expected {
         Expected::Tile {
             tile,
@@ -129,7 +142,7 @@ pub(crate) fn check(expected: &Expected, proof: &[u8], allow_test: bool) -> Verd
 /// A segment's proof: the batch kernel (or, for a layer segment, the layer kernel), with exactly
 /// the planned public output (its fact binds the stream, rows, challenges, chain states and sums
 /// the root will link).
-fn check_segment(program: Pinned, fact: &Fact, proof: &[u8], allow_test: bool) -> Verdict {
+fn check_segment(program: Pinned, fact: &Fact, proof: &[u8], allow_test: bool) -> Checked {
     let verified = verify_proof(proof, allow_test).map_err(|e| e.to_string())?;
     if verified.program != program {
         return Err(format!(
@@ -152,7 +165,7 @@ fn check_batch_root(
     facts: &[Fact],
     proof: &[u8],
     allow_test: bool,
-) -> Verdict {
+) -> Checked {
     let verified = verify_proof(proof, allow_test).map_err(|e| e.to_string())?;
     if verified.program != Pinned::BatchRoot {
         return Err(format!(
@@ -188,7 +201,7 @@ fn check_infer_root(
     facts: &[Fact],
     proof: &[u8],
     allow_test: bool,
-) -> Verdict {
+) -> Checked {
     let verified = verify_proof(proof, allow_test).map_err(|e| e.to_string())?;
     if verified.program != Pinned::InferRoot {
         return Err(format!(
@@ -230,7 +243,7 @@ fn check_tile(
     x_digest: Option<&str>,
     proof: &[u8],
     allow_test: bool,
-) -> Verdict {
+) -> Checked {
     let verified = verify_tile(proof, allow_test).map_err(|e| e.to_string())?;
     let out = &verified.output;
     let expected = (tile.row0, tile.col0, tile.rows, tile.cols);
@@ -262,7 +275,7 @@ fn check_node(
     commitments: Option<&(Option<Digest>, Option<Digest>)>,
     proof: &[u8],
     allow_test: bool,
-) -> Verdict {
+) -> Checked {
     let verified = verify_proof(proof, allow_test).map_err(|e| e.to_string())?;
     let expected = match commitments {
         Some(_) => Pinned::Root,

@@ -2,11 +2,15 @@
 //!
 //! 1. **decide**: progress becomes `finishing` with the [`Ending`] (status and reason) — from
 //!    here on the outcome does not change, whoever completes it;
-//! 2. **certificate** (on success): every accepted proof, assembled off the loop and stored (a
-//!    matvec certificate, or a batch certificate whose Y was stored at planning); if a proof
-//!    matvec certificate, a batch certificate whose Y was stored at planning, or an inference
-//!    certificate whose logits were); if a proof
-//!    vanished from the store the job is planned again instead (see [`crate::reconcile`]);
+//! 2. **certificate** (on success): every accepted proof, assembled off the loop (a matvec
+//!    certificate, a batch certificate whose Y was stored at planning, or an inference
+//!    certificate whose logits were), **verified as a whole**, then stored. Nothing read back
+//!    from the store is trusted: each proof must still be the bytes verified on acceptance (its
+//!    digest in the task record), and the assembled certificate must pass the same checks
+//!    `starkscale verify` makes (all but the STARKs, which those digests bind to the ones
+//!    already verified), so a forged task record cannot reach a succeeded result. A proof that
+//!    vanished or changed gets the job planned again (see [`crate::reconcile`]); a certificate
+//!    that does not verify fails the job;
 //! 3. **result**: stored, progress made final, then the result published to the results
 //!    exchange (and `reply_to`, which is best effort: a client's missing reply queue fails
 //!    nothing);
@@ -17,13 +21,17 @@
 //! publishes its stored result once more (clients take the first).
 
 use starkscale_cairo::batch;
-use starkscale_cairo::batch_certificate::BatchCertificate;
-use starkscale_cairo::certificate::Certificate;
+use starkscale_cairo::batch_certificate::{verify_batch, BatchCertificate, BatchExpect};
+use starkscale_cairo::certificate::{verify_certificate, Certificate, Expectations};
 use starkscale_cairo::inference::InferRootOutput;
-use starkscale_cairo::inference_certificate::InferenceCertificate;
+use starkscale_cairo::inference_certificate::{
+    verify_inference, InferenceCertificate, InferenceExpect,
+};
 use starkscale_cairo::tree::RootOutput;
 use starkscale_common::broker::Broker;
-use starkscale_common::messages::{unix_ms, Ending, JobResult, JobStatus, TaskTiming};
+use starkscale_common::messages::{
+    proof_digest, unix_ms, Ending, JobResult, JobStatus, TaskTiming,
+};
 use starkscale_common::metrics;
 use starkscale_common::store::Store;
 use starkscale_common::tensor::npy;
@@ -99,7 +107,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                     result.certificate_key = Some(key);
                     result.task_timings = timings(job);
                 }
-                Certificated::ProofMissing(why) => {
+                Certificated::Replan(why) => {
                     // Boxed: recovering may fail the job, which completes it again.
                     return Box::pin(self.recover(job_id, why)).await;
                 }
@@ -174,7 +182,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         if y_stored_at_planning(job) {
             let y = self.svc.keys.y(job.id());
             if self.svc.store.exist(std::slice::from_ref(&y)).await? != [true] {
-                return Ok(Certificated::ProofMissing(format!(
+                return Ok(Certificated::Replan(format!(
                     "the job's outputs ({y}) vanished from the store"
                 )));
             }
@@ -182,52 +190,41 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         let mut proofs = Vec::with_capacity(job.tasks.len());
         for (task, state) in job.tasks.iter().enumerate() {
             let key = self.svc.keys.proof(job.id(), task, state.attempt);
-            match self.svc.store.get(&key).await? {
-                Some(proof) => proofs.push(proof),
-                None => {
-                    return Ok(Certificated::ProofMissing(format!(
-                        "the accepted proof {key} vanished from the store"
-                    )))
-                }
+            let Some(proof) = self.svc.store.get(&key).await? else {
+                return Ok(Certificated::Replan(format!(
+                    "the accepted proof {key} vanished from the store"
+                )));
+            };
+            if state
+                .proof_digest
+                .as_ref()
+                .is_some_and(|d| *d != proof_digest(&proof))
+            {
+                return Ok(Certificated::Replan(format!(
+                    "the proof at {key} is not the one accepted"
+                )));
             }
+            proofs.push(proof);
         }
-        let assembled = tokio::task::spawn_blocking(move || match statement {
-            Statement::Tiles(root, matmul) => {
-                let y_npy = matmul.then(|| {
-                    let values: Vec<i32> = root.y.iter().map(|&v| v as i32).collect();
-                    npy::write_i32(&[1, values.len()], &values)
-                });
+        let check = Recheck {
+            allow_test: self.svc.config.allow_test_profile,
+            // Records written before digests were kept have their STARKs checked again.
+            starks_verified: job.tasks.iter().all(|t| t.proof_digest.is_some()),
+        };
+        let assembled = tokio::task::spawn_blocking(move || {
+            let assembled = assemble(statement, proofs);
+            match assembled {
                 Certificated::Done {
-                    certificate: Certificate::new(&root, proofs).to_bytes(),
-                    y: Some(root.y),
-                    y_npy,
-                }
+                    ref certificate, ..
+                } => match check.verify(certificate) {
+                    Ok(()) => assembled,
+                    Err(e) => Certificated::Unreadable(format!(
+                        "the assembled certificate does not verify, so no result is published \
+                         from it: {e}"
+                    )),
+                },
+                other => other,
             }
-            Statement::Batch(root) => Certificated::Done {
-                certificate: BatchCertificate {
-                    shape: root.shape,
-                    a_commitment: root.a_commitment,
-                    x_commitment: root.x_commitment,
-                    y_commitment: root.y_commitment,
-                    proofs,
-                }
-                .to_bytes(),
-                y: None,
-                y_npy: None,
-            },
-            Statement::Inference(root) => Certificated::Done {
-                certificate: InferenceCertificate {
-                    batch: root.batch,
-                    dims: root.dims,
-                    model_commitment: root.model_commitment,
-                    x_commitment: root.x_commitment,
-                    logits_commitment: root.logits_commitment,
-                    proofs,
-                }
-                .to_bytes(),
-                y: None,
-                y_npy: None,
-            },
         })
         .await;
         match assembled {
@@ -236,6 +233,92 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                 "assembling the certificate panicked: {e}"
             ))),
         }
+    }
+}
+
+/// How an assembled certificate is checked before its result is published.
+#[derive(Debug, Clone, Copy)]
+struct Recheck {
+    allow_test: bool,
+    starks_verified: bool,
+}
+
+impl Recheck {
+    fn verify(self, certificate: &[u8]) -> Result<(), String> {
+        let Recheck {
+            allow_test,
+            starks_verified,
+        } = self;
+        if BatchCertificate::is_batch(certificate) {
+            let expect = BatchExpect {
+                allow_test,
+                starks_verified,
+                ..BatchExpect::default()
+            };
+            verify_batch(certificate, &expect)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        } else if InferenceCertificate::is_inference(certificate) {
+            let expect = InferenceExpect {
+                allow_test,
+                starks_verified,
+                ..InferenceExpect::default()
+            };
+            verify_inference(certificate, &expect)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        } else {
+            let expect = Expectations {
+                allow_test,
+                starks_verified,
+                ..Expectations::default()
+            };
+            verify_certificate(certificate, &expect)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// The certificate of `statement`'s job from its accepted proofs, in task order.
+fn assemble(statement: Statement, proofs: Vec<Vec<u8>>) -> Certificated {
+    match statement {
+        Statement::Tiles(root, matmul) => {
+            let y_npy = matmul.then(|| {
+                let values: Vec<i32> = root.y.iter().map(|&v| v as i32).collect();
+                npy::write_i32(&[1, values.len()], &values)
+            });
+            Certificated::Done {
+                certificate: Certificate::new(&root, proofs).to_bytes(),
+                y: Some(root.y),
+                y_npy,
+            }
+        }
+        Statement::Batch(root) => Certificated::Done {
+            certificate: BatchCertificate {
+                shape: root.shape,
+                a_commitment: root.a_commitment,
+                x_commitment: root.x_commitment,
+                y_commitment: root.y_commitment,
+                proofs,
+            }
+            .to_bytes(),
+            y: None,
+            y_npy: None,
+        },
+        Statement::Inference(root) => Certificated::Done {
+            certificate: InferenceCertificate {
+                batch: root.batch,
+                dims: root.dims,
+                model_commitment: root.model_commitment,
+                x_commitment: root.x_commitment,
+                logits_commitment: root.logits_commitment,
+                proofs,
+            }
+            .to_bytes(),
+            y: None,
+            y_npy: None,
+        },
     }
 }
 
@@ -255,7 +338,8 @@ enum Certificated {
         y: Option<Vec<i64>>,
         y_npy: Option<Vec<u8>>,
     },
-    ProofMissing(String),
+    /// A proof or stored output is gone or changed: plan the job again.
+    Replan(String),
     Unreadable(String),
 }
 

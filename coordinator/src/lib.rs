@@ -37,6 +37,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use starkscale_common::access::Role;
 use starkscale_common::broker::{Broker, BrokerError, Delivery};
 use starkscale_common::config::FleetConfig;
 use starkscale_common::data_dir::DataDir;
@@ -166,7 +167,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) {
     let holder = holder_name();
     config
         .fleet
-        .serve("coordinator", &shutdown, |broker, store| {
+        .serve(Role::Coordinator, &shutdown, |broker, store| {
             let cache = cache.clone();
             serve_with(
                 broker,

@@ -110,12 +110,10 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
             TaskOutcome::Failed {
                 reason,
                 permanent: true,
-            } => {
-                let error = format!("task {task} cannot be proven: {reason}");
-                self.finish(job_id, Ending::failed(error))
-                    .await
-                    .map(|()| None)
-            }
+            } => self
+                .on_unprovable(job_id, task, &event.worker, reason)
+                .await
+                .map(|()| None),
             TaskOutcome::Failed { reason, .. } => self
                 .retry(job_id, task, reason.clone())
                 .await
@@ -150,8 +148,8 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         }
         let kind = job.kind(event.task);
         metrics::task_verified(kind, verdict.is_ok());
-        let output = match verdict {
-            Ok(output) => output,
+        let accepted = match verdict {
+            Ok(accepted) => accepted,
             Err(reason) => {
                 warn!(job = %job_id, task = event.task, attempt = event.attempt, %reason, "proof rejected");
                 return self.retry(job_id, event.task, reason).await;
@@ -168,7 +166,8 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         };
         let accepted = TaskRecord {
             attempt: event.attempt,
-            output: Some(output),
+            output: Some(accepted.output),
+            proof_digest: Some(accepted.proof_digest),
             seconds: run_s + prove_s + verify_s,
             worker: event.worker.clone(),
             peak_rss_bytes: *peak_rss_bytes,
@@ -202,6 +201,33 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
     }
 
     /// Sends `task` back as a new attempt, or fails the job once its attempts are used up.
+    /// A worker says the task cannot be proven. One worker's word does not fail a job (it may
+    /// be faulty, or lie): the task goes out again, and only a second worker's agreement — or
+    /// the attempts running out — fails the job.
+    async fn on_unprovable(
+        &mut self,
+        job_id: &str,
+        task: usize,
+        worker: &str,
+        reason: &str,
+    ) -> Result<(), Failure> {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return Ok(());
+        };
+        let record = &mut job.tasks[task];
+        if let Some(first) = record.unprovable_by.iter().find(|w| *w != worker) {
+            let error = format!(
+                "task {task} cannot be proven (workers {first} and {worker} agree): {reason}"
+            );
+            return self.finish(job_id, Ending::failed(error)).await;
+        }
+        if !record.unprovable_by.iter().any(|w| w == worker) {
+            record.unprovable_by.push(worker.to_string());
+        }
+        let reason = format!("worker {worker} reports it cannot be proven: {reason}");
+        self.retry(job_id, task, reason).await
+    }
+
     async fn retry(&mut self, job_id: &str, task: usize, reason: String) -> Result<(), Failure> {
         let max_attempts = self.svc.config.max_attempts;
         let Some(job) = self.jobs.get_mut(job_id) else {

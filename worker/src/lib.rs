@@ -10,7 +10,8 @@
 //! publish the [`TaskEvent`] and wait for its confirm → ack. Only then is the task gone from the
 //! queue: a worker killed at any point loses nothing, and a redelivered task rewrites the same key.
 //!
-//! Failures: a malformed task is dead-lettered with its reason; a tile that cannot be proven
+//! Failures: a malformed task is rejected (the broker dead-letters it to the expired queue,
+//! where the coordinator parks it with its reason); a tile that cannot be proven
 //! (bad input, step limit) is reported as a permanent failure and acked; a task whose input is
 //! not in the store (its job ended, or the store lost it) is reported as such, and the
 //! coordinator decides; a proof that overruns the task deadline is reported as a retryable
@@ -29,6 +30,7 @@ use starkscale_cairo::layer_segment::{run_layer_segment, LayerSegmentInput};
 use starkscale_cairo::run::{run_reduce, DEFAULT_MAX_STEPS};
 use starkscale_cairo::tree::ReduceInput;
 use starkscale_cairo::{run_map, KernelError, Profile, Prover, ProverInput, RunStats, TileInput};
+use starkscale_common::access::Role;
 use starkscale_common::broker::{Broker, BrokerError, Delivery, Headers};
 use starkscale_common::config::FleetConfig;
 use starkscale_common::messages::{Keys, TaskEvent, TaskKind, TaskMsg, TaskOutcome, TileInputBlob};
@@ -107,7 +109,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let prover = Arc::new(prover(&config).await?);
     config
         .fleet
-        .serve("worker", &shutdown, |broker, store| {
+        .serve(Role::Worker, &shutdown, |broker, store| {
             serve_with(broker, store, &config, prover.clone(), shutdown.clone())
         })
         .await;
@@ -255,10 +257,11 @@ impl<B: Broker, S: Store> Worker<B, S> {
         let task: TaskMsg = match serde_json::from_slice(&delivery.body) {
             Ok(task) => task,
             Err(e) => {
-                warn!(error = %e, "dead-lettering a malformed task");
-                let tasks = self.broker.topology().tasks();
-                let reason = format!("malformed task: {e}");
-                return Ok(self.broker.dead_letter(delivery, &tasks, &reason).await?);
+                // Rejected, the broker dead-letters it to the expired queue, where the
+                // coordinator parks it with its reason: a worker may write nowhere but its
+                // events (docs/security.md).
+                warn!(error = %e, "rejecting a malformed task");
+                return Ok(delivery.nack(false).await?);
             }
         };
         let in_flight = metrics::task_in_flight();

@@ -18,6 +18,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm,
@@ -48,9 +49,17 @@ impl std::fmt::Debug for AmqpBroker {
 }
 
 fn declare_err(what: &str) -> impl Fn(lapin::Error) -> BrokerError + '_ {
-    move |e| BrokerError::Declare {
-        what: what.to_string(),
-        message: e.to_string(),
+    move |e| {
+        let refused = matches!(
+            e.kind(),
+            lapin::ErrorKind::ProtocolError(amqp)
+                if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+        );
+        let (what, message) = (what.to_string(), e.to_string());
+        match refused {
+            true => BrokerError::NotPermitted { what, message },
+            false => BrokerError::Declare { what, message },
+        }
     }
 }
 
@@ -125,7 +134,29 @@ fn delivery(d: lapin::message::Delivery) -> Delivery {
 }
 
 impl AmqpBroker {
+    /// Connects as the topology's owner (the coordinator): declares every queue and exchange,
+    /// and fails if the credentials may not.
     pub async fn connect(url: &str, topology: Topology) -> Result<AmqpBroker, BrokerError> {
+        let broker = Self::open(url, topology).await?;
+        broker.declare().await?;
+        Ok(broker)
+    }
+
+    /// Connects as a worker or client, to a topology the coordinator declares. It is declared
+    /// here too where the credentials allow it (loopback development), so a worker or client
+    /// may start first there; least-privilege credentials may not declare, and that is fine.
+    pub async fn join(url: &str, topology: Topology) -> Result<AmqpBroker, BrokerError> {
+        let broker = Self::open(url, topology).await?;
+        match broker.declare().await {
+            Err(BrokerError::NotPermitted { message, .. }) => {
+                tracing::debug!(%message, "not permitted to declare; the coordinator does");
+            }
+            declared => declared?,
+        }
+        Ok(broker)
+    }
+
+    async fn open(url: &str, topology: Topology) -> Result<AmqpBroker, BrokerError> {
         let connect_err = |message: String| BrokerError::Connect {
             url: redact(url),
             message,
@@ -159,13 +190,11 @@ impl AmqpBroker {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(declare_err("publisher confirms"))?;
-        let broker = AmqpBroker {
+        Ok(AmqpBroker {
             connection: Arc::new(connection),
             publisher,
             topology,
-        };
-        broker.declare().await?;
-        Ok(broker)
+        })
     }
 
     /// Closes the connection; unacked deliveries go back to their queues.
@@ -173,10 +202,16 @@ impl AmqpBroker {
         let _ = self.connection.close(200, "closing".into()).await;
     }
 
-    /// Declares everything; declaring again with the same arguments is a no-op.
+    /// Declares everything; declaring again with the same arguments is a no-op. On a channel
+    /// of its own, since a refused declaration closes the channel it was made on.
     async fn declare(&self) -> Result<(), BrokerError> {
         let t = &self.topology;
-        let ch = &self.publisher;
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(declare_err("a declaring channel"))?;
+        let ch = &channel;
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -256,6 +291,27 @@ impl AmqpBroker {
                 .await
                 .map_err(declare_err(&queue))?;
         }
+        // Intake exchanges: clients and workers publish through these, each bound to its one
+        // queue, so that their credentials need no write on the default exchange.
+        for (exchange, queue) in [(t.job_intake(), t.jobs()), (t.event_intake(), t.events())] {
+            ch.exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(declare_err(&exchange))?;
+            ch.queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(declare_err(&exchange))?;
+        }
         let log = t.results_log();
         let mut log_args = FieldTable::default();
         log_args.insert(
@@ -274,6 +330,7 @@ impl AmqpBroker {
         )
         .await
         .map_err(declare_err(&log))?;
+        let _ = channel.close(200, "declared".into()).await;
         Ok(())
     }
 
@@ -385,7 +442,12 @@ impl AmqpBroker {
                 .await
                 .map_err(declare_err(queue))?;
         }
-        for exchange in [t.dead_letter_exchange(), t.results()] {
+        for exchange in [
+            t.dead_letter_exchange(),
+            t.results(),
+            t.job_intake(),
+            t.event_intake(),
+        ] {
             self.publisher
                 .exchange_delete(exchange.as_str().into(), Default::default())
                 .await
@@ -438,16 +500,22 @@ impl Broker for AmqpBroker {
         headers: &Headers,
         reply_to: Option<&str>,
     ) -> Result<(), BrokerError> {
-        self.publish_to("", queue, body, headers, reply_to).await
+        let exchange = self.topology.exchange_for(queue);
+        self.publish_to(&exchange, queue, body, headers, reply_to)
+            .await
     }
 
     async fn publish_all(&self, queue: &str, bodies: &[Vec<u8>]) -> Result<(), BrokerError> {
         // Confirms are awaited together: one round trip for the batch instead of one per task.
         let started = Instant::now();
         let headers = Headers::new();
+        let exchange = self.topology.exchange_for(queue);
         let mut confirms = Vec::with_capacity(bodies.len());
         for body in bodies {
-            confirms.push(self.start_publish("", queue, body, &headers, None).await?);
+            confirms.push(
+                self.start_publish(&exchange, queue, body, &headers, None)
+                    .await?,
+            );
         }
         try_join_all(confirms.into_iter().map(|c| Self::await_confirm(c, queue))).await?;
         metrics::amqp_op("publish_batch", started.elapsed());

@@ -50,6 +50,8 @@ pub enum BrokerError {
     Connect { url: String, message: String },
     #[error("declaring {what}: {message}")]
     Declare { what: String, message: String },
+    #[error("these credentials may not declare {what}: {message}")]
+    NotPermitted { what: String, message: String },
     #[error("publishing to {queue}: {message}")]
     Publish { queue: String, message: String },
     #[error("the broker refused (nacked) a message for {0}")]
@@ -86,6 +88,10 @@ impl Topology {
             prefix: prefix.into(),
         }
     }
+    /// The name prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
     /// Jobs submitted by clients (and cancel requests).
     pub fn jobs(&self) -> String {
         format!("{}.jobs", self.prefix)
@@ -118,6 +124,26 @@ impl Topology {
     /// Keeps the latest results, so a result always has a route even with no client listening.
     pub fn results_log(&self) -> String {
         format!("{}.results.log", self.prefix)
+    }
+    /// The exchange clients publish jobs and cancel requests to (bound to [`Topology::jobs`]
+    /// alone): clients may write to it without being able to reach any other queue.
+    pub fn job_intake(&self) -> String {
+        format!("{}.jobs.submit", self.prefix)
+    }
+    /// The exchange workers report task events to (bound to [`Topology::events`] alone).
+    pub fn event_intake(&self) -> String {
+        format!("{}.events.report", self.prefix)
+    }
+    /// The exchange a message for `queue` is published through: the queue's intake exchange
+    /// where it has one, else the default exchange (`""`).
+    pub fn exchange_for(&self, queue: &str) -> String {
+        if queue == self.jobs() {
+            self.job_intake()
+        } else if queue == self.events() {
+            self.event_intake()
+        } else {
+            String::new()
+        }
     }
     pub fn work_queues(&self) -> [String; 3] {
         [self.jobs(), self.tasks(), self.events()]
