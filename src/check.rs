@@ -9,7 +9,6 @@ use starkscale_cairo::batch::{self, Rows, Shape as BatchShape, Stream};
 use starkscale_cairo::batch_certificate::{verify_batch, BatchCertificate, BatchExpect};
 use starkscale_cairo::certificate::{verify_certificate, Expectations};
 use starkscale_cairo::encoding::Digest;
-use starkscale_cairo::inference::model_commitment;
 use starkscale_cairo::inference_certificate::{
     verify_inference, InferenceCertificate, InferenceExpect,
 };
@@ -29,33 +28,38 @@ pub struct Known {
     model_commitment: Option<Digest>,
 }
 
+/// The bytes of the inputs a client uploaded (`submit --upload`): what it read itself, and so
+/// knows, of inputs the job names by key.
+#[derive(Debug, Default)]
+pub struct Uploaded {
+    pub a: Option<Vec<u8>>,
+    pub x: Option<Vec<u8>>,
+}
+
 impl Known {
-    /// What `spec` tells the client: inline values and named commitments; and, when the client
-    /// uploads its files (`uploaded`), the files by path too. A path the coordinator reads from
-    /// its own data directory is not known here (the client may not have that file).
-    pub fn of(spec: &JobSpec, uploaded: bool) -> Known {
-        let local = |path: &str| uploaded.then(|| std::fs::read(path).ok()).flatten();
-        let a = match &spec.a {
-            Some(MatrixInput::Inline(_)) => spec.load_a(None).ok(),
-            Some(MatrixInput::Path(p)) => local(p).and_then(|b| spec.load_a(Some(&b)).ok()),
+    /// What the job `spec` (as sent, after any upload) tells the client: inline values, a named
+    /// model commitment (an uploaded model is named by its commitment), and inputs by key that
+    /// the client `uploaded` itself. A path the coordinator reads from its own data directory
+    /// is not known here (the client may not have that file).
+    pub fn of(spec: &JobSpec, uploaded: &Uploaded) -> Known {
+        let a = match (&spec.a, &uploaded.a) {
+            (Some(MatrixInput::Inline(_)), _) => spec.load_a(None).ok(),
+            (Some(MatrixInput::RedisKey(_)), Some(bytes)) => spec.load_a(Some(bytes)).ok(),
             _ => None,
         };
-        let (x, inference_x) = match (spec.kind, &spec.x) {
-            (JobKind::Inference, VectorInput::Inline(InlineX::Batch(rows))) => {
+        let (x, inference_x) = match (spec.kind, &spec.x, &uploaded.x) {
+            (JobKind::Inference, VectorInput::Inline(InlineX::Batch(rows)), _) => {
                 let width = rows.first().map_or(0, Vec::len);
                 let values: Vec<i64> = rows.iter().flatten().copied().collect();
                 (None, Some(Rows::int8(width, &values)))
             }
-            (JobKind::Inference, _) => (None, None),
-            (_, VectorInput::Inline(_)) => (spec.load_x(None).ok(), None),
-            (_, VectorInput::Path(p)) => (local(p).and_then(|b| spec.load_x(Some(&b)).ok()), None),
-            (_, VectorInput::RedisKey(_)) => (None, None),
+            (JobKind::Inference, ..) => (None, None),
+            (_, VectorInput::Inline(_), _) => (spec.load_x(None).ok(), None),
+            (_, VectorInput::RedisKey(_), Some(bytes)) => (spec.load_x(Some(bytes)).ok(), None),
+            _ => (None, None),
         };
         let model_commitment = match &spec.model {
             Some(ModelInput::Commitment(hex)) => Digest::from_hex(hex),
-            Some(ModelInput::Path(p)) => local(p)
-                .and_then(|b| starkscale_onnx::from_bytes(&b).ok())
-                .map(|imported| model_commitment(&imported.model)),
             _ => None,
         };
         Known {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::check::Known;
+use crate::check::{Known, Uploaded};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -308,16 +308,18 @@ async fn read_progress<S: Store>(
 pub async fn submit(args: SubmitArgs) -> Result<()> {
     let mut spec = read_job(&args.job)?;
     let job_id = spec.job_id.clone().unwrap_or_default();
-    // What to hold the result to: what this client has in hand before anything is sent.
-    let known = match args.wait && !args.trust.no_verify {
-        true => Known::of(&spec, args.upload),
-        false => Known::default(),
-    };
     let keys = Keys::new(args.fleet.prefix.clone());
     let store = RedisStore::connect(&args.fleet.redis_url).await?;
-    if args.upload {
-        upload_inputs(&mut spec, &store, &keys, args.upload_ttl_s).await?;
-    }
+    let uploaded = match args.upload {
+        true => upload_inputs(&mut spec, &store, &keys, args.upload_ttl_s).await?,
+        false => Uploaded::default(),
+    };
+    // What to hold the result to: what this client has in hand, as sent.
+    let known = match args.wait && !args.trust.no_verify {
+        true => Known::of(&spec, &uploaded),
+        false => Known::default(),
+    };
+    drop(uploaded);
     let body = serde_json::to_vec(&spec)?;
     let topology = Topology::new(args.fleet.prefix.clone());
     let broker = AmqpBroker::join(&args.fleet.amqp_url, topology.clone()).await?;
@@ -344,23 +346,27 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
     print_result(&result)
 }
 
-/// Replaces `path` inputs by Redis keys holding the files' bytes, named by their digest.
+/// Replaces `path` inputs by Redis keys holding the files' bytes, named by their digest (a
+/// model by its commitment); returns the bytes of A and x it uploaded.
 async fn upload_inputs(
     spec: &mut JobSpec,
     store: &RedisStore,
     keys: &Keys,
     ttl_s: u64,
-) -> Result<()> {
+) -> Result<Uploaded> {
     let ttl = Duration::from_secs(ttl_s);
     let upload = |path: String| async move {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {path}"))?;
         let key = keys.upload(&content_digest(&bytes));
         store.put(&key, &bytes, ttl).await?;
         eprintln!("uploaded {path} ({} bytes) to {key}", bytes.len());
-        Ok::<_, anyhow::Error>(key)
+        Ok::<_, anyhow::Error>((key, bytes))
     };
+    let mut uploaded = Uploaded::default();
     if let Some(MatrixInput::Path(path)) = &spec.a {
-        spec.a = Some(MatrixInput::RedisKey(upload(path.clone()).await?));
+        let (key, bytes) = upload(path.clone()).await?;
+        spec.a = Some(MatrixInput::RedisKey(key));
+        uploaded.a = Some(bytes);
     }
     if let Some(ModelInput::Path(path)) = &spec.model {
         // A model is stored under its commitment: later jobs name it by that alone.
@@ -375,9 +381,11 @@ async fn upload_inputs(
         spec.model = Some(ModelInput::Commitment(commitment));
     }
     if let VectorInput::Path(path) = &spec.x {
-        spec.x = VectorInput::RedisKey(upload(path.clone()).await?);
+        let (key, bytes) = upload(path.clone()).await?;
+        spec.x = VectorInput::RedisKey(key);
+        uploaded.x = Some(bytes);
     }
-    Ok(())
+    Ok(uploaded)
 }
 
 /// Blake2s-256 of a file's bytes (zero-padded to whole words), as hex.

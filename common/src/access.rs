@@ -388,19 +388,11 @@ mod tests {
         ));
         let short = AccessFiles::new("p", |_| Some("short".into()));
         assert!(matches!(short, Err(AccessError::Short(_))));
-        let shared = AccessFiles::new("p", |env| {
-            Some(if env == ADMIN_PASSWORD_ENV {
-                "same-password-1234567".into()
-            } else {
-                strong(env)?
-            })
-            .map(|p: String| {
-                if env == "STARKSCALE_CLIENT_PASSWORD" {
-                    "same-password-1234567".into()
-                } else {
-                    p
-                }
-            })
+        let shared = AccessFiles::new("p", |env| match env {
+            ADMIN_PASSWORD_ENV | "STARKSCALE_CLIENT_PASSWORD" => {
+                Some("same-password-1234567".into())
+            }
+            _ => strong(env),
         });
         assert!(matches!(
             shared,

@@ -200,7 +200,6 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         self.save_progress(job_id).await
     }
 
-    /// Sends `task` back as a new attempt, or fails the job once its attempts are used up.
     /// A worker says the task cannot be proven. One worker's word does not fail a job (it may
     /// be faulty, or lie): the task goes out again, and only a second worker's agreement — or
     /// the attempts running out — fails the job.
@@ -228,6 +227,7 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
         self.retry(job_id, task, reason).await
     }
 
+    /// Sends `task` back as a new attempt, or fails the job once its attempts are used up.
     async fn retry(&mut self, job_id: &str, task: usize, reason: String) -> Result<(), Failure> {
         let max_attempts = self.svc.config.max_attempts;
         let Some(job) = self.jobs.get_mut(job_id) else {
