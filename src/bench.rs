@@ -16,6 +16,7 @@ use starkscale_cairo::run::DEFAULT_MAX_STEPS;
 use starkscale_cairo::verify::{timed_verify, verify_stark_only};
 use starkscale_cairo::Profile;
 use starkscale_cairo::{run_map, Prover, TileInput, TILE_COLS};
+use starkscale_common::access::Role;
 use starkscale_common::broker::{AmqpBroker, Broker, Headers, Topology};
 use starkscale_common::config::FleetConfig;
 use starkscale_common::messages::{JobProgress, JobResult, JobStatus, Keys};
@@ -289,11 +290,11 @@ pub async fn fleet(args: FleetArgs) -> Result<()> {
             job["segment_blocks"] = blocks.into();
         }
     }
-    let store = RedisStore::connect(&fleet.redis_url).await?;
+    let store = fleet.store().await?;
     let keys = Keys::new(fleet.prefix.clone());
 
     let topology = Topology::new(fleet.prefix.clone());
-    let client = AmqpBroker::connect(&fleet.amqp_url, topology.clone()).await?;
+    let client = fleet.broker(Role::Coordinator).await?;
     let shutdown = CancellationToken::new();
     let coordinator = tokio::spawn(starkscale_coordinator::run(
         CoordinatorConfig {
@@ -480,8 +481,8 @@ pub async fn plan(args: PlanArgs) -> Result<()> {
         "a": {"path": a_path}, "x": {"path": x_path}, "tile_rows": 2,
     });
     let topology = Topology::new(fleet.prefix.clone());
-    let client = AmqpBroker::connect(&fleet.amqp_url, topology.clone()).await?;
-    let store = RedisStore::connect(&fleet.redis_url).await?;
+    let client = fleet.broker(Role::Coordinator).await?;
+    let store = fleet.store().await?;
     let keys = Keys::new(fleet.prefix.clone());
     let shutdown = CancellationToken::new();
     let coordinator = tokio::spawn(starkscale_coordinator::run(
@@ -581,9 +582,8 @@ struct ReconcileReport {
 /// jobs in Redis.
 pub async fn reconcile(args: ReconcileArgs) -> Result<()> {
     let fleet = bench_prefix(&args.fleet, "reconcile");
-    let topology = Topology::new(fleet.prefix.clone());
-    let broker = AmqpBroker::connect(&fleet.amqp_url, topology).await?;
-    let store = RedisStore::connect(&fleet.redis_url).await?;
+    let broker = fleet.broker(Role::Coordinator).await?;
+    let store = fleet.store().await?;
     let config = CoordinatorConfig::new(fleet.clone());
     let outcome = async {
         for _ in 0..args.repeat.max(1) {

@@ -220,6 +220,8 @@ pub fn main() -> ExitCode {
         Command::Bench(BenchCommand::Batch(args)) => bench::batch(args),
         Command::Bench(BenchCommand::Inference(args)) => bench::inference(args),
         Command::Worker(config) => serve(|shutdown| async move {
+            // TLS settings are configuration: a wrong one stops here instead of being retried.
+            config.fleet.tls()?;
             serve_metrics(metrics::Role::Worker, config.metrics_addr).await?;
             Ok(starkscale_worker::run(config, shutdown).await?)
         }),
@@ -227,6 +229,7 @@ pub fn main() -> ExitCode {
             starkscale_common::data_dir::DataDir::open(&config.data_dir).with_context(|| {
                 format!("opening the data directory {}", config.data_dir.display())
             })?;
+            config.fleet.tls()?;
             serve_metrics(metrics::Role::Coordinator, config.metrics_addr).await?;
             starkscale_coordinator::run(config, shutdown).await;
             Ok(())

@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use starkscale_cairo::encoding::blake2s_words;
 use starkscale_cairo::inference::model_commitment;
 use starkscale_cairo::Profile;
-use starkscale_common::broker::{AmqpBroker, Broker, Consumer, Headers, MemoryBroker, Topology};
+use starkscale_common::access::Role;
+use starkscale_common::broker::{Broker, Consumer, Headers, MemoryBroker, Topology};
 use starkscale_common::config::FleetConfig;
 use starkscale_common::job::{CancelRequest, MatrixInput, ModelInput, VectorInput};
 use starkscale_common::messages::{JobProgress, JobResult, JobStatus, Keys};
@@ -309,7 +310,7 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
     let mut spec = read_job(&args.job)?;
     let job_id = spec.job_id.clone().unwrap_or_default();
     let keys = Keys::new(args.fleet.prefix.clone());
-    let store = RedisStore::connect(&args.fleet.redis_url).await?;
+    let store = args.fleet.store().await?;
     let uploaded = match args.upload {
         true => upload_inputs(&mut spec, &store, &keys, args.upload_ttl_s).await?,
         false => Uploaded::default(),
@@ -322,7 +323,7 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
     drop(uploaded);
     let body = serde_json::to_vec(&spec)?;
     let topology = Topology::new(args.fleet.prefix.clone());
-    let broker = AmqpBroker::join(&args.fleet.amqp_url, topology.clone()).await?;
+    let broker = args.fleet.broker(Role::Client).await?;
     // Subscribe before publishing, so the result cannot slip past.
     let mut results = if args.wait {
         Some(broker.subscribe_results(&job_id).await?)
@@ -402,7 +403,7 @@ fn content_digest(bytes: &[u8]) -> String {
 }
 
 pub async fn status(args: JobIdArgs) -> Result<()> {
-    let store = RedisStore::connect(&args.fleet.redis_url).await?;
+    let store = args.fleet.store().await?;
     let keys = Keys::new(args.fleet.prefix.clone());
     let Some(progress) = read_progress(&store, &keys, &args.job_id).await? else {
         // A refused job keeps only its result (its id is free to be submitted again).
@@ -438,7 +439,7 @@ pub async fn status(args: JobIdArgs) -> Result<()> {
 }
 
 pub async fn cancel(args: CancelArgs) -> Result<()> {
-    let store = RedisStore::connect(&args.fleet.redis_url).await?;
+    let store = args.fleet.store().await?;
     let keys = Keys::new(args.fleet.prefix.clone());
     match read_progress(&store, &keys, &args.job_id).await? {
         None => bail!("no job {} (unknown, or expired)", args.job_id),
@@ -448,7 +449,7 @@ pub async fn cancel(args: CancelArgs) -> Result<()> {
         Some(_) => {}
     }
     let topology = Topology::new(args.fleet.prefix.clone());
-    let broker = AmqpBroker::join(&args.fleet.amqp_url, topology.clone()).await?;
+    let broker = args.fleet.broker(Role::Client).await?;
     let mut results = broker.subscribe_results(&args.job_id).await?;
     let request = CancelRequest {
         cancel: args.job_id.clone(),
@@ -476,7 +477,7 @@ pub async fn cancel(args: CancelArgs) -> Result<()> {
 }
 
 pub async fn result(args: ResultArgs) -> Result<()> {
-    let store = RedisStore::connect(&args.fleet.redis_url).await?;
+    let store = args.fleet.store().await?;
     let keys = Keys::new(args.fleet.prefix.clone());
     let Some(bytes) = store.get(&keys.result(&args.job_id)).await? else {
         bail!(

@@ -1,4 +1,5 @@
-//! Settings every fleet process shares: where RabbitMQ and Redis are, and the name prefix; and
+//! Settings every fleet process shares: where RabbitMQ and Redis are, how to reach them over TLS,
+//! and the name prefix; connecting by them ([`FleetConfig::broker`], [`FleetConfig::store`]); and
 //! the reconnect loop every fleet service runs in ([`FleetConfig::serve`]).
 
 use std::fmt::Display;
@@ -9,9 +10,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::access::Role;
-use crate::broker::{redact, AmqpBroker, Topology};
+use crate::broker::{redact, AmqpBroker, BrokerError, Topology};
 use crate::metrics;
-use crate::store::RedisStore;
+use crate::store::{RedisStore, StoreError};
+use crate::tls::{Tls, TlsError, TlsOptions};
 
 /// RabbitMQ on loopback with the default account.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -31,6 +33,19 @@ pub struct FleetConfig {
     /// Prefix of queue, exchange and key names.
     #[arg(long, env = "STARKSCALE_PREFIX", default_value = "starkscale")]
     pub prefix: String,
+    #[command(flatten)]
+    pub tls: TlsOptions,
+}
+
+/// Why a process could not reach the fleet's services.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl std::fmt::Debug for FleetConfig {
@@ -39,6 +54,7 @@ impl std::fmt::Debug for FleetConfig {
             .field("amqp_url", &redact(&self.amqp_url))
             .field("redis_url", &redact(&self.redis_url))
             .field("prefix", &self.prefix)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -50,7 +66,33 @@ impl FleetConfig {
             amqp_url: DEFAULT_AMQP_URL.into(),
             redis_url: DEFAULT_REDIS_URL.into(),
             prefix: prefix.into(),
+            tls: TlsOptions::default(),
         }
+    }
+
+    /// The TLS material, read from its files now (so a renewed certificate is used from the
+    /// next connection on).
+    pub fn tls(&self) -> Result<Tls, TlsError> {
+        self.tls.load(&[&self.amqp_url, &self.redis_url])
+    }
+
+    /// Connects to RabbitMQ as `role`: the coordinator declares the topology, the others join
+    /// it.
+    pub async fn broker(&self, role: Role) -> Result<AmqpBroker, ConnectError> {
+        let tls = self.tls()?;
+        let topology = Topology::new(self.prefix.clone());
+        Ok(match role {
+            Role::Coordinator => AmqpBroker::connect_with(&self.amqp_url, topology, &tls).await?,
+            Role::Worker | Role::Client => {
+                AmqpBroker::join_with(&self.amqp_url, topology, &tls).await?
+            }
+        })
+    }
+
+    /// Connects to Redis.
+    pub async fn store(&self) -> Result<RedisStore, ConnectError> {
+        let tls = self.tls()?;
+        Ok(RedisStore::connect_with(&self.redis_url, &tls).await?)
     }
 }
 
@@ -68,16 +110,10 @@ impl FleetConfig {
         let mut backoff = FIRST;
         loop {
             let started = Instant::now();
-            let topology = Topology::new(self.prefix.clone());
-            // The coordinator owns the topology; a worker joins it.
-            let broker = match role {
-                Role::Coordinator => AmqpBroker::connect(&self.amqp_url, topology).await,
-                Role::Worker | Role::Client => AmqpBroker::join(&self.amqp_url, topology).await,
-            };
-            let error = match broker {
+            let error = match self.broker(role).await {
                 Err(e) => e.to_string(),
                 Ok(broker) => {
-                    let served = match RedisStore::connect(&self.redis_url).await {
+                    let served = match self.store().await {
                         Err(e) => Err(e.to_string()),
                         Ok(store) => {
                             metrics::set_connected(true);
@@ -128,6 +164,7 @@ mod tests {
             amqp_url: "amqp://fleet:hunter2-amqp@127.0.0.1:1/%2f".into(),
             redis_url: "redis://worker:hunter2-redis@127.0.0.1:1/".into(),
             prefix: "p".into(),
+            tls: TlsOptions::default(),
         };
         let shown = format!("{config:?}");
         assert!(

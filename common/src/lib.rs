@@ -8,6 +8,7 @@
 //! - [`access`]: each role's Redis ACL rules and RabbitMQ permissions, and the files that
 //!   create a deployment's accounts.
 //! - [`config`]: where the fleet is ([`config::FleetConfig`]), shared by every process.
+//! - [`tls`]: TLS to RabbitMQ and Redis: the CA to trust and the client certificate to present.
 //! - [`broker`]: RabbitMQ topology and confirmed publishing ([`broker::AmqpBroker`]).
 //! - [`store`]: Redis with a TTL on every write ([`store::RedisStore`]).
 //! - [`metrics`]: every Prometheus metric's name, description and buckets, and `/metrics`.
@@ -27,6 +28,7 @@ pub mod plan;
 pub mod rss;
 pub mod store;
 pub mod tensor;
+pub mod tls;
 
 pub use job::{JobError, JobLimits, JobSpec};
 pub use plan::{TilePlan, TileSpec};

@@ -95,8 +95,38 @@ fn assert_alive(child: &mut Child, name: &str, log: &Path) {
 pub struct SpareRedis {
     port: u16,
     aof: bool,
+    tls: Option<TlsListener>,
     dir: TempDir,
     child: Option<Child>,
+}
+
+/// A TLS listener of a spare service: its port, the server's certificate and key, and the CA
+/// whose client certificates it requires (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub port: u16,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl TlsListener {
+    /// A listener on a free port (not one of the CLI tools', see `SpareRabbit`) with the given
+    /// PEM files.
+    pub fn new(cert: &Path, key: &Path, ca: &Path) -> TlsListener {
+        let port = loop {
+            let port = free_port();
+            if !CLI_DIST_PORTS.contains(&port) {
+                break port;
+            }
+        };
+        TlsListener {
+            port,
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            ca: ca.to_owned(),
+        }
+    }
 }
 
 impl SpareRedis {
@@ -112,6 +142,25 @@ impl SpareRedis {
         let mut redis = SpareRedis {
             port: free_port(),
             aof,
+            tls: None,
+            dir,
+            child: None,
+        };
+        redis.start_again();
+        redis
+    }
+
+    /// Starts one that also listens with TLS, requiring client certificates signed by the
+    /// listener's CA. The plain port stays, for `command` and readiness checks.
+    pub fn start_tls(tls: TlsListener) -> SpareRedis {
+        let dir = tempfile::Builder::new()
+            .prefix("ss-tls-redis-")
+            .tempdir()
+            .unwrap();
+        let mut redis = SpareRedis {
+            port: free_port(),
+            aof: false,
+            tls: Some(tls),
             dir,
             child: None,
         };
@@ -121,6 +170,12 @@ impl SpareRedis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The `rediss://` URL of the TLS listener (`start_tls` only).
+    pub fn tls_url(&self) -> String {
+        let tls = self.tls.as_ref().expect("started with start_tls");
+        format!("rediss://127.0.0.1:{}/", tls.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -158,6 +213,18 @@ impl SpareRedis {
             command.args(["--appendonly", "yes", "--appendfsync", "everysec"]);
         } else {
             command.args(["--appendonly", "no"]);
+        }
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--tls-port")
+                .arg(tls.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", "yes"]);
         }
         let child = command
             .stdin(Stdio::null())
@@ -230,6 +297,7 @@ pub struct SpareRabbit {
     node: String,
     port: u16,
     dist_port: u16,
+    tls: Option<TlsListener>,
     base: TempDir,
     child: Option<Child>,
 }
@@ -243,6 +311,16 @@ impl SpareRabbit {
     /// Starts a fresh node and waits until it accepts AMQP connections and has finished booting.
     /// Takes several seconds; see the module docs about async callers.
     pub fn start() -> SpareRabbit {
+        Self::start_with(None)
+    }
+
+    /// Starts a fresh node that also listens with TLS (`tls`'s port), requiring client
+    /// certificates signed by its CA. The plain listener stays, for readiness checks.
+    pub fn start_tls(tls: TlsListener) -> SpareRabbit {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<TlsListener>) -> SpareRabbit {
         static NODES: AtomicUsize = AtomicUsize::new(0);
         let n = NODES.fetch_add(1, Ordering::Relaxed);
         let rabbit_port = || loop {
@@ -259,6 +337,7 @@ impl SpareRabbit {
             node: format!("ss-fault-{}-{n}@localhost", std::process::id()),
             port: rabbit_port(),
             dist_port: rabbit_port(),
+            tls,
             base,
             child: None,
         };
@@ -269,6 +348,12 @@ impl SpareRabbit {
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The `amqps://` URL of the TLS listener (`start_tls` only).
+    pub fn tls_url(&self) -> String {
+        let tls = self.tls.as_ref().expect("started with start_tls");
+        format!("amqps://guest:guest@127.0.0.1:{}/%2f", tls.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -472,11 +557,22 @@ impl SpareRabbit {
             .collect();
         cookie.write_all(text.as_bytes()).unwrap();
         fs::write(base.join("rabbitmq-env.conf"), "").unwrap();
-        fs::write(
-            base.join("rabbitmq.conf"),
-            format!("listeners.tcp.1 = 127.0.0.1:{}\n", self.port),
-        )
-        .unwrap();
+        let mut config = format!("listeners.tcp.1 = 127.0.0.1:{}\n", self.port);
+        if let Some(tls) = &self.tls {
+            config.push_str(&format!(
+                "listeners.ssl.1 = 127.0.0.1:{}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_peer\n\
+                 ssl_options.fail_if_no_peer_cert = true\n",
+                tls.port,
+                tls.ca.display(),
+                tls.cert.display(),
+                tls.key.display()
+            ));
+        }
+        fs::write(base.join("rabbitmq.conf"), config).unwrap();
         // The management and prometheus plugins listen on fixed ports (15672, 15692), which a
         // second node would contend for with the shared one.
         fs::write(base.join("enabled_plugins"), "[].\n").unwrap();

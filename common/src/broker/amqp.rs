@@ -19,12 +19,15 @@ use lapin::options::{
     QueueDeleteOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm,
+    BasicProperties, Channel, Connection, ConnectionProperties, DefaultConnectionBuilder,
+    ExchangeKind, PublisherConfirm,
 };
 
 use crate::metrics;
+use crate::tls::Tls;
 
 use super::{
     AckFuture, Acker, Broker, BrokerError, Consumer, Delivery, Headers, Topology, CONFIRM_TIMEOUT,
@@ -137,7 +140,16 @@ impl AmqpBroker {
     /// Connects as the topology's owner (the coordinator): declares every queue and exchange,
     /// and fails if the credentials may not.
     pub async fn connect(url: &str, topology: Topology) -> Result<AmqpBroker, BrokerError> {
-        let broker = Self::open(url, topology).await?;
+        Self::connect_with(url, topology, &Tls::default()).await
+    }
+
+    /// [`AmqpBroker::connect`] with TLS material for an `amqps://` URL.
+    pub async fn connect_with(
+        url: &str,
+        topology: Topology,
+        tls: &Tls,
+    ) -> Result<AmqpBroker, BrokerError> {
+        let broker = Self::open(url, topology, tls).await?;
         broker.declare().await?;
         Ok(broker)
     }
@@ -146,7 +158,16 @@ impl AmqpBroker {
     /// here too where the credentials allow it (loopback development), so a worker or client
     /// may start first there; least-privilege credentials may not declare, and that is fine.
     pub async fn join(url: &str, topology: Topology) -> Result<AmqpBroker, BrokerError> {
-        let broker = Self::open(url, topology).await?;
+        Self::join_with(url, topology, &Tls::default()).await
+    }
+
+    /// [`AmqpBroker::join`] with TLS material for an `amqps://` URL.
+    pub async fn join_with(
+        url: &str,
+        topology: Topology,
+        tls: &Tls,
+    ) -> Result<AmqpBroker, BrokerError> {
+        let broker = Self::open(url, topology, tls).await?;
         match broker.declare().await {
             Err(BrokerError::NotPermitted { message, .. }) => {
                 tracing::debug!(%message, "not permitted to declare; the coordinator does");
@@ -156,18 +177,30 @@ impl AmqpBroker {
         Ok(broker)
     }
 
-    async fn open(url: &str, topology: Topology) -> Result<AmqpBroker, BrokerError> {
+    async fn open(url: &str, topology: Topology, tls: &Tls) -> Result<AmqpBroker, BrokerError> {
         let connect_err = |message: String| BrokerError::Connect {
             url: redact(url),
             message,
         };
-        let connection = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect(url, ConnectionProperties::default()),
-        )
-        .await
-        .map_err(|_| connect_err(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| connect_err(e.to_string()))?;
+        // The TLS settings only matter for `amqps://`; lapin ignores them otherwise.
+        let builder = DefaultConnectionBuilder::new()
+            .map_err(|e| connect_err(e.to_string()))?
+            .with_uri_str(url.to_owned())
+            .with_properties(ConnectionProperties::default())
+            .with_tls_config(OwnedTLSConfig {
+                identity: tls.identity.as_ref().map(|id| OwnedIdentity::PKCS8 {
+                    pem: id.cert.clone(),
+                    key: id.key.clone(),
+                }),
+                cert_chain: tls
+                    .ca
+                    .as_ref()
+                    .map(|pem| String::from_utf8_lossy(pem).into_owned()),
+            });
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, builder.connect())
+            .await
+            .map_err(|_| connect_err(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| connect_err(e.to_string()))?;
         let mut events = connection.events_listener();
         tokio::spawn(async move {
             while let Some(event) = events.next().await {

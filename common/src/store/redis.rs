@@ -6,10 +6,11 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, ErrorKind, RedisError};
+use redis::{AsyncCommands, ClientTlsConfig, ErrorKind, RedisError, TlsCertificates};
 
 use super::{ttl_secs, Store, StoreError};
 use crate::metrics;
+use crate::tls::Tls;
 
 /// A Redis connection that reconnects by itself. Clones share it.
 #[derive(Clone)]
@@ -67,8 +68,27 @@ async fn timed<T>(op: &'static str, call: impl Future<Output = T>) -> T {
 impl RedisStore {
     /// Connects to `url`; errors name it with its password redacted.
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
+        Self::connect_with(url, &Tls::default()).await
+    }
+
+    /// [`RedisStore::connect`] with TLS material for a `rediss://` URL.
+    pub async fn connect_with(url: &str, tls: &Tls) -> Result<RedisStore, StoreError> {
         let shown = crate::broker::redact(url);
-        let client = redis::Client::open(url).map_err(err("connect", &shown))?;
+        let client = if tls.is_empty() {
+            redis::Client::open(url)
+        } else {
+            redis::Client::build_with_tls(
+                url,
+                TlsCertificates {
+                    client_tls: tls.identity.as_ref().map(|id| ClientTlsConfig {
+                        client_cert: id.cert.clone(),
+                        client_key: id.key.clone(),
+                    }),
+                    root_cert: tls.ca.clone(),
+                },
+            )
+        }
+        .map_err(err("connect", &shown))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(RESPONSE_TIMEOUT)
