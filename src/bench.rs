@@ -20,7 +20,7 @@ use starkscale_common::access::Role;
 use starkscale_common::broker::{AmqpBroker, Broker, Headers, Topology};
 use starkscale_common::config::FleetConfig;
 use starkscale_common::messages::{JobProgress, JobResult, JobStatus, Keys};
-use starkscale_common::store::{RedisStore, Store};
+use starkscale_common::store::{parts, RedisStore, Store};
 use starkscale_common::tensor::npy;
 use starkscale_common::{Dtype, Matrix, Vector};
 use starkscale_coordinator::CoordinatorConfig;
@@ -86,12 +86,8 @@ pub fn kernel(args: KernelArgs) -> Result<()> {
     let prover = Prover::new(profile);
     let setup_s = started.elapsed().as_secs_f64();
     for _ in 0..args.repeat {
-        let a: Vec<i64> = (0..args.rows * args.cols)
-            .map(|_| rng.gen_range(dtype.min()..=dtype.max()))
-            .collect();
-        let x: Vec<i64> = (0..args.cols)
-            .map(|_| rng.gen_range(dtype.min()..=dtype.max()))
-            .collect();
+        let a: Vec<i8> = (0..args.rows * args.cols).map(|_| rng.gen()).collect();
+        let x: Vec<i8> = (0..args.cols).map(|_| rng.gen()).collect();
         let a = Matrix::new(args.rows, args.cols, dtype, a)?;
         let x = Vector::new(dtype, x)?;
         let expected = a.matvec(&x)?;
@@ -231,7 +227,7 @@ fn random_inputs(
     seed: u64,
 ) -> Result<(String, String, Matrix, Matrix)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut random = |n: usize| -> Vec<i64> { (0..n).map(|_| rng.gen_range(-128..=127)).collect() };
+    let mut random = |n: usize| -> Vec<i8> { (0..n).map(|_| rng.gen()).collect() };
     let a = random(rows * cols);
     let b = batch.unwrap_or(1);
     let x = random(b * cols);
@@ -299,6 +295,8 @@ pub async fn fleet(args: FleetArgs) -> Result<()> {
     let coordinator = tokio::spawn(starkscale_coordinator::run(
         CoordinatorConfig {
             allow_test_profile: profile == Profile::Test,
+            // The inputs are written there, and the coordinator reads paths only inside it.
+            data_dir: dir.path().to_path_buf(),
             ..CoordinatorConfig::new(fleet.clone())
         },
         shutdown.clone(),
@@ -332,8 +330,7 @@ pub async fn fleet(args: FleetArgs) -> Result<()> {
             result.error
         );
         let certificate = match &result.certificate_key {
-            Some(key) => store
-                .get(key)
+            Some(key) => parts::get_parts(&store, key, u64::MAX)
                 .await?
                 .context("the certificate is missing")?,
             None => anyhow::bail!("the result names no certificate"),
@@ -486,7 +483,11 @@ pub async fn plan(args: PlanArgs) -> Result<()> {
     let keys = Keys::new(fleet.prefix.clone());
     let shutdown = CancellationToken::new();
     let coordinator = tokio::spawn(starkscale_coordinator::run(
-        CoordinatorConfig::new(fleet.clone()),
+        CoordinatorConfig {
+            // The inputs are written there, and the coordinator reads paths only inside it.
+            data_dir: dir.path().to_path_buf(),
+            ..CoordinatorConfig::new(fleet.clone())
+        },
         shutdown.clone(),
     ));
     let outcome = async {
@@ -514,6 +515,15 @@ pub async fn plan(args: PlanArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let (queued, _) = client.depth(&topology.tasks()).await?;
+        let peak_rss = starkscale_common::rss::peak_rss_bytes();
+        // The largest value planning wrote: every task input, the plan and the job message.
+        let mut largest = 0;
+        let written = (0..progress.tasks)
+            .map(|task| keys.task_input(job_id, task))
+            .chain([keys.plan(job_id), keys.request(job_id)]);
+        for key in written {
+            largest = largest.max(store.len(&key).await?);
+        }
         // Cancel: the coordinator frees the job's keys.
         let cancel = serde_json::json!({ "cancel": job_id });
         client
@@ -526,7 +536,7 @@ pub async fn plan(args: PlanArgs) -> Result<()> {
             .await?;
         let delivery = results.next().await?;
         delivery.ack().await?;
-        Ok::<_, anyhow::Error>((progress, queued))
+        Ok::<_, anyhow::Error>((progress, queued, peak_rss, largest))
     }
     .await;
     shutdown.cancel();
@@ -535,19 +545,27 @@ pub async fn plan(args: PlanArgs) -> Result<()> {
         .delete(&[keys.result(job_id), keys.progress(job_id)])
         .await?;
     client.delete_topology().await?;
-    let (progress, queued) = outcome?;
+    let (progress, queued, peak_rss, largest) = outcome?;
     let plan_s = progress.plan_s.unwrap_or_default();
     let report = serde_json::json!({
         "tasks": progress.tasks,
         "tasks_queued": queued,
         "plan_s": plan_s,
         "tasks_per_s": queued as f64 / plan_s,
+        // The process is the coordinator (and this client): its peak is the coordinator's.
+        "coordinator_peak_rss_bytes": peak_rss,
+        "largest_value_bytes": largest,
     });
     println!("{report}");
     if !args.json {
         eprintln!(
-            "planned and published {} tile tasks in {:.3}s ({} tasks with the reduce nodes)",
-            queued, plan_s, progress.tasks
+            "planned and published {} tile tasks in {:.3}s ({} tasks with the reduce nodes); \
+             coordinator peak {:.0} MB; largest value written {} bytes",
+            queued,
+            plan_s,
+            progress.tasks,
+            peak_rss as f64 / 1e6,
+            largest
         );
     }
     Ok(())
@@ -719,10 +737,12 @@ pub fn batch(args: BatchArgs) -> Result<()> {
     let wall_s = started.elapsed().as_secs_f64();
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)?;
-        let i8s = |r: &Rows| -> Vec<i64> {
+        let wide = |r: &Rows| -> Vec<i64> {
             let w = r.width();
             (0..r.height() * w).map(|i| r.get(i / w, i % w)).collect()
         };
+        // A and X are int8 rows.
+        let i8s = |r: &Rows| -> Vec<i8> { wide(r).into_iter().map(|v| v as i8).collect() };
         std::fs::write(
             dir.join("a.npy"),
             npy::write_i8(&[args.rows, args.cols], &i8s(&a)),
@@ -731,7 +751,7 @@ pub fn batch(args: BatchArgs) -> Result<()> {
             dir.join("x.npy"),
             npy::write_i8(&[args.batch, args.cols], &i8s(&x)),
         )?;
-        let ys: Vec<i32> = i8s(&y).into_iter().map(|v| v as i32).collect();
+        let ys: Vec<i32> = wide(&y).into_iter().map(|v| v as i32).collect();
         std::fs::write(
             dir.join("y.npy"),
             npy::write_i32(&[args.batch, args.rows], &ys),

@@ -13,7 +13,7 @@ use starkscale_cairo::inference_certificate::{
     verify_inference, InferenceCertificate, InferenceExpect,
 };
 use starkscale_cairo::tree::commit_matrix;
-use starkscale_common::job::{InlineX, JobKind, MatrixInput, ModelInput, Operand, VectorInput};
+use starkscale_common::job::{JobKind, MatrixInput, ModelInput, Operand, VectorInput};
 use starkscale_common::messages::{JobResult, JobStatus, Keys};
 use starkscale_common::tensor::npy;
 use starkscale_common::{Dtype, JobSpec, Matrix};
@@ -48,10 +48,8 @@ impl Known {
             _ => None,
         };
         let (x, inference_x) = match (spec.kind, &spec.x, &uploaded.x) {
-            (JobKind::Inference, VectorInput::Inline(InlineX::Batch(rows)), _) => {
-                let width = rows.first().map_or(0, Vec::len);
-                let values: Vec<i64> = rows.iter().flatten().copied().collect();
-                (None, Some(Rows::int8(width, &values)))
+            (JobKind::Inference, VectorInput::Inline(rows), _) if rows.rows.is_some() => {
+                (None, Some(Rows::int8(rows.cols, &rows.data)))
             }
             (JobKind::Inference, ..) => (None, None),
             (_, VectorInput::Inline(_), _) => (spec.load_x(None).ok(), None),
@@ -182,20 +180,26 @@ fn check_matvec(
 /// Stored Y (int32) or logits (int8) rows, as `.npy`.
 fn stored_rows(y: Option<&[u8]>, int8: bool, what: &str) -> Result<Rows, String> {
     let bytes = y.ok_or_else(|| format!("its {what} is not stored"))?;
-    let parsed = match int8 {
-        true => npy::parse(bytes, Dtype::I8),
-        false => npy::parse_i32(bytes),
+    let shape_of = |shape: Vec<usize>| match shape[..] {
+        [_, width] => Ok(width),
+        _ => Err(format!("its stored {what} is not 2-D")),
     };
-    let (shape, values) = parsed.map_err(|e| format!("its stored {what}: {e}"))?;
-    let [_, width] = shape[..] else {
-        return Err(format!("its stored {what} is not 2-D"));
-    };
+    let stored = |e| format!("its stored {what}: {e}");
     Ok(match int8 {
-        true => Rows::int8(width, &values),
-        false => Rows::I32 {
-            width,
-            data: values.iter().map(|&v| v as i32).collect(),
-        },
+        true => {
+            let (shape, values) = npy::parse(bytes, Dtype::I8).map_err(stored)?;
+            Rows::I8 {
+                width: shape_of(shape)?,
+                data: values,
+            }
+        }
+        false => {
+            let (shape, values) = npy::parse_i32(bytes).map_err(stored)?;
+            Rows::I32 {
+                width: shape_of(shape)?,
+                data: values.iter().map(|&v| v as i32).collect(),
+            }
+        }
     })
 }
 

@@ -16,7 +16,7 @@ use starkscale_common::broker::{Broker, Consumer, Headers, MemoryBroker, Topolog
 use starkscale_common::config::FleetConfig;
 use starkscale_common::job::{CancelRequest, MatrixInput, ModelInput, VectorInput};
 use starkscale_common::messages::{JobProgress, JobResult, JobStatus, Keys};
-use starkscale_common::store::{MemoryStore, RedisStore, Store};
+use starkscale_common::store::{parts, MemoryStore, RedisStore, Store};
 use starkscale_common::{JobLimits, JobSpec};
 use starkscale_coordinator::CoordinatorConfig;
 use starkscale_worker::WorkerConfig;
@@ -493,6 +493,9 @@ pub async fn result(args: ResultArgs) -> Result<()> {
     print_result(&result)
 }
 
+/// The largest certificate a client reads (64 GiB: some 60,000 tiles at the default profile).
+const MAX_CERTIFICATE_BYTES: u64 = 1 << 36;
+
 /// What a result references in the store: its certificate and, for a matmul or inference job,
 /// its Y or logits.
 struct Outputs {
@@ -508,8 +511,14 @@ impl Outputs {
                 None => Ok(None),
             }
         };
+        let certificate = match &result.certificate_key {
+            Some(key) => parts::get_parts(store, key, MAX_CERTIFICATE_BYTES)
+                .await
+                .with_context(|| format!("reading the certificate of job {}", result.job_id))?,
+            None => None,
+        };
         Ok(Outputs {
-            certificate: get(result.certificate_key.clone()).await?,
+            certificate,
             y: get(result.y_key.clone()).await?,
         })
     }

@@ -98,10 +98,11 @@ pub fn load_inputs(path: &Path, model: Option<&Model>) -> Result<Rows> {
     Ok(Rows::int8(m.cols(), m.data()))
 }
 
-fn i8_values(rows: &Rows) -> Vec<i64> {
+/// The entries of int8 rows (inputs, logits).
+fn i8_values(rows: &Rows) -> Vec<i8> {
     let w = rows.width();
     (0..rows.height() * w)
-        .map(|i| rows.get(i / w, i % w))
+        .map(|i| rows.get(i / w, i % w) as i8)
         .collect()
 }
 

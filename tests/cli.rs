@@ -31,7 +31,9 @@ fn write(dir: &Path, name: &str, contents: &[u8]) -> String {
 fn prove_then_verify_a_tile_from_npy_and_json() {
     let dir = tempfile::tempdir().unwrap();
     // A from .npy, x from JSON.
-    let a_values: Vec<i64> = (0..5 * 9).map(|i| (i * 37 % 256) as i64 - 128).collect();
+    let a_values: Vec<i8> = (0..5 * 9)
+        .map(|i| ((i * 37 % 256) as i64 - 128) as i8)
+        .collect();
     let a = write(
         dir.path(),
         "a.npy",
@@ -71,7 +73,7 @@ fn prove_then_verify_a_tile_from_npy_and_json() {
     let expected: Vec<i64> = (0..5)
         .map(|r| {
             let xs = [1, -2, 3, -4, 5, -6, 7, -128, 127];
-            (0..9).map(|c| a_values[r * 9 + c] * xs[c]).sum()
+            (0..9).map(|c| i64::from(a_values[r * 9 + c]) * xs[c]).sum()
         })
         .collect();
     assert_eq!(report["y"], serde_json::json!(expected));

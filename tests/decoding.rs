@@ -296,7 +296,7 @@ fn job_messages_refuse_hostile_json_without_panicking() {
 #[test]
 fn npy_inputs_refuse_hostile_bytes_without_panicking_or_overallocating() {
     let seeds = vec![
-        npy::write_i8(&[3, 4], &(0..12).collect::<Vec<i64>>()),
+        npy::write_i8(&[3, 4], &(0..12).collect::<Vec<i8>>()),
         npy::write_i32(&[2, 3], &[1, -2, 3, -4, 5, -6]),
         std::fs::read(models().join("digits-test-labels.npy")).unwrap()[..200].to_vec(),
     ];

@@ -19,7 +19,7 @@ use starkscale_common::messages::{
     JobProgress, JobResult, JobStatus, Keys, TaskEvent, TaskKind, TaskMsg, TaskOutcome,
     TileInputBlob,
 };
-use starkscale_common::store::{RedisStore, Store};
+use starkscale_common::store::{parts, RedisStore, Store};
 use starkscale_common::{Dtype, Matrix, Vector};
 use starkscale_coordinator::CoordinatorConfig;
 use starkscale_worker::WorkerConfig;
@@ -93,6 +93,15 @@ impl Fleet {
             .unwrap();
     }
 
+    /// The certificate a succeeded result names, read whole from its parts.
+    async fn certificate(&self, result: &JobResult) -> Vec<u8> {
+        let key = result.certificate_key.as_ref().expect("a certificate key");
+        parts::get_parts(&self.store, key, u64::MAX)
+            .await
+            .unwrap()
+            .expect("the certificate is stored")
+    }
+
     async fn progress(&self, job: &str) -> Option<JobProgress> {
         let bytes = self.store.get(&self.keys.progress(job)).await.unwrap()?;
         Some(serde_json::from_slice(&bytes).unwrap())
@@ -139,10 +148,10 @@ async fn next_result(results: &mut Consumer) -> JobResult {
 /// A random job and its native product.
 fn random_job(id: &str, rows: usize, cols: usize, seed: u64) -> (serde_json::Value, Vec<i64>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let a: Vec<Vec<i64>> = (0..rows)
-        .map(|_| (0..cols).map(|_| rng.gen_range(-128..=127)).collect())
+    let a: Vec<Vec<i8>> = (0..rows)
+        .map(|_| (0..cols).map(|_| rng.gen()).collect())
         .collect();
-    let x: Vec<i64> = (0..cols).map(|_| rng.gen_range(-128..=127)).collect();
+    let x: Vec<i8> = (0..cols).map(|_| rng.gen()).collect();
     let native = Matrix::from_rows(&a, Dtype::I8)
         .unwrap()
         .matvec(&Vector::new(Dtype::I8, x.clone()).unwrap())
@@ -676,7 +685,7 @@ async fn forged_proofs_are_caught_and_the_job_still_completes() {
         let blob = TileInputBlob::from_bytes(&blob).unwrap();
         let mut a = blob.a.clone();
         if task.task == 0 {
-            let other: Vec<i64> = a.data().iter().map(|v| (v + 1).min(127)).collect();
+            let other: Vec<i8> = a.data().iter().map(|v| v.saturating_add(1)).collect();
             a = Matrix::new(a.rows(), a.cols(), Dtype::I8, other).unwrap();
         }
         let tile = TileInput::new(blob.row0, blob.col0, a, blob.x.clone()).unwrap();
@@ -814,9 +823,9 @@ fn random_batch_job(
     seed: u64,
 ) -> (serde_json::Value, Vec<Vec<i64>>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut draw = |n: usize, m: usize| -> Vec<Vec<i64>> {
+    let mut draw = |n: usize, m: usize| -> Vec<Vec<i8>> {
         (0..n)
-            .map(|_| (0..m).map(|_| rng.gen_range(-128..=127)).collect())
+            .map(|_| (0..m).map(|_| rng.gen()).collect())
             .collect()
     };
     let (a, x) = (draw(rows, cols), draw(batch, cols));
@@ -837,7 +846,7 @@ fn random_batch_job(
 }
 
 fn rows_of(values: &serde_json::Value) -> Rows {
-    let rows: Vec<Vec<i64>> = serde_json::from_value(values.clone()).unwrap();
+    let rows: Vec<Vec<i8>> = serde_json::from_value(values.clone()).unwrap();
     Rows::int8(rows[0].len(), &rows.concat())
 }
 
@@ -855,7 +864,7 @@ async fn matmul_jobs_are_proven_in_segments_and_certified_against_x_and_y() {
     let (mut batch, native) = random_batch_job("mm", (6, 70, 4), 7);
     let (one, native_one) = random_batch_job("mm-one", (5, 30, 1), 8);
     let x_path = dir.path().join("x.npy");
-    let x_rows: Vec<Vec<i64>> = serde_json::from_value(batch["x"]["inline"].clone()).unwrap();
+    let x_rows: Vec<Vec<i8>> = serde_json::from_value(batch["x"]["inline"].clone()).unwrap();
     std::fs::write(
         &x_path,
         starkscale_common::tensor::npy::write_i8(&[4, 70], &x_rows.concat()),
@@ -888,8 +897,7 @@ async fn matmul_jobs_are_proven_in_segments_and_certified_against_x_and_y() {
     let (shape, values) = starkscale_common::tensor::npy::parse_i32(&y_bytes).unwrap();
     assert_eq!(shape, vec![4, 6]);
     assert_eq!(values, native.concat());
-    let cert_key = result.certificate_key.clone().unwrap();
-    let cert = fleet.store.get(&cert_key).await.unwrap().unwrap();
+    let cert = fleet.certificate(result).await;
     let a = rows_of(&batch["a"]["inline"]);
     let x = rows_of(&x_inline);
     let y = Rows::I32 {
@@ -933,14 +941,9 @@ async fn matmul_jobs_are_proven_in_segments_and_certified_against_x_and_y() {
         .unwrap();
     let (shape, values) = starkscale_common::tensor::npy::parse_i32(&y_bytes).unwrap();
     assert_eq!((shape, values), (vec![1, 5], native_one[0].clone()));
-    let cert = fleet
-        .store
-        .get(result.certificate_key.as_ref().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let cert = fleet.certificate(result).await;
     assert!(!BatchCertificate::is_batch(&cert));
-    let x_one: Vec<Vec<i64>> = serde_json::from_value(one["x"]["inline"].clone()).unwrap();
+    let x_one: Vec<Vec<i8>> = serde_json::from_value(one["x"]["inline"].clone()).unwrap();
     let x_one = Vector::new(Dtype::I8, x_one[0].clone()).unwrap();
     let expect = Expectations {
         a_commitment: None,
@@ -1041,19 +1044,14 @@ async fn inference_jobs_are_proven_in_segments_and_certified_against_model_input
         .expect("logits stored");
     let (shape, logits) = starkscale_common::tensor::npy::parse(&logits_bytes, Dtype::I8).unwrap();
     assert_eq!(shape, vec![450, 10]);
-    let expected: Vec<i64> = (0..450 * 10)
-        .map(|i| native.logits().get(i / 10, i % 10))
+    let expected: Vec<i8> = (0..450 * 10)
+        .map(|i| i8::try_from(native.logits().get(i / 10, i % 10)).unwrap())
         .collect();
     assert_eq!(logits, expected);
-    let cert = fleet
-        .store
-        .get(result.certificate_key.as_ref().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let cert = fleet.certificate(result).await;
     let logits_rows = Rows::I8 {
         width: 10,
-        data: logits.iter().map(|&v| v as i8).collect(),
+        data: logits.clone(),
     };
     let expect = InferenceExpect {
         model_commitment: Some(&commitment),
@@ -1088,12 +1086,7 @@ async fn inference_jobs_are_proven_in_segments_and_certified_against_model_input
         .unwrap();
     let (shape, two_logits) = starkscale_common::tensor::npy::parse(&bytes, Dtype::I8).unwrap();
     assert_eq!((shape, two_logits), (vec![2, 10], expected[..20].to_vec()));
-    let cert = fleet
-        .store
-        .get(result.certificate_key.as_ref().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let cert = fleet.certificate(result).await;
     let verified = verify_inference(
         &cert,
         &InferenceExpect {

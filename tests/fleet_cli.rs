@@ -238,7 +238,7 @@ fn two_workers_split_a_job_and_a_sigkilled_worker_loses_nothing() {
     let a_path = dir.path().join("a.npy");
     std::fs::write(
         &a_path,
-        starkscale_common::tensor::npy::write_i8(&[rows, cols], &a),
+        starkscale_common::tensor::npy::write_i8(&[rows, cols], &int8(&a)),
     )
     .unwrap();
     let job_path = dir.path().join("job.json");
@@ -336,7 +336,7 @@ fn a_matmul_job_uploaded_from_npy_files_verifies_and_runs_embedded() {
         ("a.npy", &spec["a"]["inline"]),
         ("x.npy", &spec["x"]["inline"]),
     ] {
-        let rows: Vec<Vec<i64>> = serde_json::from_value(values.clone()).unwrap();
+        let rows: Vec<Vec<i8>> = serde_json::from_value(values.clone()).unwrap();
         let bytes = npy::write_i8(&[rows.len(), rows[0].len()], &rows.concat());
         std::fs::write(path(name), bytes).unwrap();
     }
@@ -462,7 +462,7 @@ fn an_inference_job_uploads_its_model_once_and_verifies_against_its_commitment()
             .model,
     )
     .unwrap();
-    let values: Vec<i64> = (0..12 * 64).map(|i| x8.get(i / 64, i % 64)).collect();
+    let values: Vec<i8> = (0..12 * 64).map(|i| x8.get(i / 64, i % 64) as i8).collect();
     std::fs::write(path("x.npy"), npy::write_i8(&[12, 64], &values)).unwrap();
     let job = serde_json::json!({
         "schema_version": 1, "job_id": "inf-upload", "kind": "inference",
@@ -578,4 +578,9 @@ fn an_inference_job_uploads_its_model_once_and_verifies_against_its_commitment()
     assert!(worker.terminate(Duration::from_secs(30)).success());
     assert!(coordinator.terminate(Duration::from_secs(30)).success());
     clean_up(&prefix, &["inf-upload", "inf-commitment"]);
+}
+
+/// Entries known to be int8, as int8.
+fn int8(values: &[i64]) -> Vec<i8> {
+    values.iter().map(|&v| i8::try_from(v).unwrap()).collect()
 }

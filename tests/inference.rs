@@ -28,19 +28,19 @@ fn starkscale(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn int8(path: &Path) -> (Vec<usize>, Vec<i64>) {
+fn int8(path: &Path) -> (Vec<usize>, Vec<i8>) {
     npy::parse(&std::fs::read(path).expect("reads"), Dtype::I8).expect("int8 .npy")
 }
 
-fn argmax(row: &[i64]) -> usize {
+fn argmax(row: &[i8]) -> usize {
     (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best })
 }
 
-fn accuracy(logits: &[i64], labels: &[i64]) -> f64 {
+fn accuracy(logits: &[i8], labels: &[i8]) -> f64 {
     let hits = logits
         .chunks_exact(10)
         .zip(labels)
-        .filter(|(row, &l)| argmax(row) as i64 == l)
+        .filter(|(row, &l)| argmax(row) as i64 == i64::from(l))
         .count();
     hits as f64 / labels.len() as f64
 }
@@ -78,7 +78,7 @@ fn prove_and_check(form: &str) {
     let within = ours
         .iter()
         .zip(&ort)
-        .filter(|(a, b)| (*a - *b).abs() <= 1)
+        .filter(|(a, b)| (i16::from(**a) - i16::from(**b)).abs() <= 1)
         .count();
     assert!(
         within as f64 >= 0.99 * ours.len() as f64,

@@ -151,11 +151,11 @@ pub enum Rows {
 }
 
 impl Rows {
-    /// int8 rows from values already range-checked as int8 (a loaded matrix's entries).
-    pub fn int8(width: usize, values: &[i64]) -> Rows {
+    /// int8 rows of `width` entries (a loaded matrix's entries).
+    pub fn int8(width: usize, values: &[i8]) -> Rows {
         Rows::I8 {
             width,
-            data: values.iter().map(|&v| v as i8).collect(),
+            data: values.to_vec(),
         }
     }
 

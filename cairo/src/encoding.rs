@@ -186,7 +186,7 @@ pub fn a_digest(a: &Matrix) -> Digest {
 
 pub fn x_words(x: &Vector) -> Vec<u32> {
     (0..TILE_COLS)
-        .map(|j| (x.data().get(j).copied().unwrap_or(0) + BYTE_OFFSET) as u32)
+        .map(|j| (x.data().get(j).map_or(0, |&v| i64::from(v)) + BYTE_OFFSET) as u32)
         .collect()
 }
 

@@ -16,9 +16,12 @@ fn tile(
     a: impl Fn(usize, usize) -> i64,
     x: impl Fn(usize) -> i64,
 ) -> TileInput {
-    let data = (0..rows * cols).map(|i| a(i / cols, i % cols)).collect();
+    let int8 = |v: i64| i8::try_from(v).unwrap();
+    let data = (0..rows * cols)
+        .map(|i| int8(a(i / cols, i % cols)))
+        .collect();
     let a = Matrix::new(rows, cols, Dtype::I8, data).unwrap();
-    let x = Vector::new(Dtype::I8, (0..cols).map(x).collect()).unwrap();
+    let x = Vector::new(Dtype::I8, (0..cols).map(|j| int8(x(j))).collect()).unwrap();
     TileInput::new(7, 2048, a, x).unwrap()
 }
 

@@ -102,7 +102,13 @@ pub fn redis_rules(role: Role, prefix: &str) -> Vec<String> {
             rules.extend(["+get", "+strlen", "+getrange", "+setex", "+ping"].map(String::from));
         }
         Role::Client => {
-            for kind in ["result", "progress", "y", "certificate"] {
+            for kind in [
+                "result",
+                "progress",
+                "y",
+                "certificate",
+                "certificate:part:*",
+            ] {
                 rules.push(format!("%R~{p}:job:*:{kind}"));
             }
             rules.push(format!("%W~{p}:input:*"));

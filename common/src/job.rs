@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{TilePlan, DEFAULT_TILE_ROWS, MAX_TILE_ROWS};
-use crate::tensor::{Dtype, Matrix, TensorError, Vector};
+use crate::tensor::{take_inline_failure, Dtype, Inline8, Matrix, TensorError, Vector};
 
 /// The only schema version this build understands.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -25,6 +25,12 @@ pub struct JobLimits {
     pub max_tiles: usize,
     /// Largest model file (ONNX) an inference job may name, in bytes.
     pub max_model_bytes: usize,
+    /// Tallest tile a job may ask for: what the fleet's workers can prove in the memory the
+    /// deployment declares for them ([`crate::plan::max_tile_rows_for_memory`]).
+    pub max_tile_rows: usize,
+    /// The worker memory (bytes) `max_tile_rows` follows from, for error messages; `None`
+    /// when none is declared.
+    pub worker_memory: Option<u64>,
 }
 
 impl Default for JobLimits {
@@ -34,6 +40,8 @@ impl Default for JobLimits {
             max_entries: 1 << 30,
             max_tiles: 100_000,
             max_model_bytes: 256 << 20,
+            max_tile_rows: MAX_TILE_ROWS,
+            worker_memory: None,
         }
     }
 }
@@ -118,7 +126,11 @@ pub enum ModelInput {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum MatrixInput {
     /// Rows of integers.
-    Inline(Vec<Vec<i64>>),
+    Inline(
+        #[serde(deserialize_with = "inline_a")]
+        #[schemars(with = "Vec<Vec<i64>>")]
+        Inline8,
+    ),
     /// A Redis key holding a `.npy` (as `starkscale submit` uploads it).
     RedisKey(String),
     /// A `.npy` or JSON file every process of the fleet can read.
@@ -130,17 +142,31 @@ pub enum MatrixInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum VectorInput {
-    Inline(InlineX),
+    Inline(
+        #[serde(deserialize_with = "inline_x")]
+        #[schemars(with = "InlineX")]
+        Inline8,
+    ),
     RedisKey(String),
     Path(String),
 }
 
 /// Inline x: entries, or rows of entries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+// What the schema says; jobs are read as an `Inline8`.
+#[derive(JsonSchema)]
 #[serde(untagged)]
-pub enum InlineX {
+#[allow(dead_code)] // describes the JSON; never built
+enum InlineX {
     Vector(Vec<i64>),
     Batch(Vec<Vec<i64>>),
+}
+
+fn inline_a<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Inline8, D::Error> {
+    Inline8::deserialize_named("a", deserializer)
+}
+
+fn inline_x<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Inline8, D::Error> {
+    Inline8::deserialize_named("x", deserializer)
 }
 
 /// x as loaded: a vector (matvec) or a batch of inputs, one per row (matmul).
@@ -196,8 +222,14 @@ impl JobSpec {
                 max: limits.max_job_bytes,
             });
         }
+        // An inline entry out of range or a ragged row stops the parse; it is reported as that
+        // input's error, as if the input had been read from a file.
+        take_inline_failure();
         let job: JobSpec =
-            serde_json::from_slice(bytes).map_err(|e| JobError::Json(e.to_string()))?;
+            serde_json::from_slice(bytes).map_err(|e| match take_inline_failure() {
+                Some((what, source)) => JobError::Input { what, source },
+                None => JobError::Json(e.to_string()),
+            })?;
         job.validate(limits)?;
         Ok(job)
     }
@@ -216,6 +248,16 @@ impl JobSpec {
             if !(1..=MAX_TILE_ROWS).contains(&rows) {
                 return Err(JobError::Limit(format!(
                     "tile_rows {rows} is outside 1..={MAX_TILE_ROWS}"
+                )));
+            }
+            if let (true, Some(memory)) = (rows > limits.max_tile_rows, limits.worker_memory) {
+                return Err(JobError::Limit(format!(
+                    "tile_rows {rows} needs about {:.1} GB of worker memory to prove; this \
+                     fleet's workers have {:.1} GB (--worker-memory-gib), enough for at most {} \
+                     rows",
+                    crate::plan::tile_peak_bytes(rows) as f64 / 1e9,
+                    memory as f64 / 1e9,
+                    limits.max_tile_rows
                 )));
             }
         }
@@ -303,7 +345,7 @@ impl JobSpec {
             return Err(JobError::Kind("this job has no matrix A".into()));
         };
         match a {
-            MatrixInput::Inline(rows) => Matrix::from_rows(rows, self.dtype),
+            MatrixInput::Inline(rows) => rows.clone().into_matrix(self.dtype),
             MatrixInput::Path(_) | MatrixInput::RedisKey(_) => match fetched {
                 Some(bytes) => Matrix::from_bytes(bytes, self.dtype),
                 None => return Err(JobError::NotFetched { what: "a" }),
@@ -316,18 +358,18 @@ impl JobSpec {
     pub fn load_x(&self, fetched: Option<&[u8]>) -> Result<Operand, JobError> {
         let input = |source| JobError::Input { what: "x", source };
         match (self.kind, &self.x) {
-            (JobKind::Matvec, VectorInput::Inline(InlineX::Vector(values))) => {
-                Vector::new(self.dtype, values.clone()).map(Operand::Vector)
+            (JobKind::Matvec, VectorInput::Inline(x)) if x.rows.is_none() => {
+                x.clone().into_vector(self.dtype).map(Operand::Vector)
             }
-            (JobKind::Matmul, VectorInput::Inline(InlineX::Batch(rows))) => {
-                Matrix::from_rows(rows, self.dtype).map(Operand::Batch)
+            (JobKind::Matmul, VectorInput::Inline(x)) if x.rows.is_some() => {
+                x.clone().into_matrix(self.dtype).map(Operand::Batch)
             }
-            (JobKind::Matvec, VectorInput::Inline(InlineX::Batch(_))) => {
+            (JobKind::Matvec, VectorInput::Inline(_)) => {
                 return Err(JobError::Shape(
                     "a matvec job's x is one vector; a batch of inputs is a matmul job".into(),
                 ))
             }
-            (JobKind::Matmul, VectorInput::Inline(InlineX::Vector(_))) => {
+            (JobKind::Matmul, VectorInput::Inline(_)) => {
                 return Err(JobError::Shape(
                     "a matmul job's x is a batch: one input per row (B × K)".into(),
                 ))
@@ -667,6 +709,20 @@ mod tests {
             JobSpec::parse(OK.as_bytes(), &limits),
             Err(JobError::Limit(_))
         ));
+        // Workers declared at 4 GiB prove tiles of up to 254 rows, not 510.
+        let memory = 4 << 30;
+        let limits = JobLimits {
+            max_tile_rows: crate::plan::max_tile_rows_for_memory(memory),
+            worker_memory: Some(memory),
+            ..JobLimits::default()
+        };
+        let tall = |rows: usize| OK.replace("\"kind\"", &format!("\"tile_rows\":{rows},\"kind\""));
+        assert!(JobSpec::parse(tall(254).as_bytes(), &limits).is_ok());
+        let refused = JobSpec::parse(tall(510).as_bytes(), &limits).unwrap_err();
+        assert!(
+            matches!(&refused, JobError::Limit(m) if m.contains("worker memory") && m.contains("at most 254 rows")),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -539,8 +539,8 @@ impl TileInputBlob {
         for v in [self.row0, self.col0, rows as u32, cols as u32] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        out.extend(self.a.data().iter().map(|&v| v as i8 as u8));
-        out.extend(self.x.data().iter().map(|&v| v as i8 as u8));
+        out.extend(self.a.data().iter().map(|&v| v as u8));
+        out.extend(self.x.data().iter().map(|&v| v as u8));
         out
     }
 
@@ -556,7 +556,7 @@ impl TileInputBlob {
         if Some(body.len()) != rows.checked_mul(cols).and_then(|n| n.checked_add(cols)) {
             return Err(bad("length does not match its shape"));
         }
-        let values = |b: &[u8]| b.iter().map(|&v| v as i8 as i64).collect::<Vec<_>>();
+        let values = |b: &[u8]| b.iter().map(|&v| v as i8).collect::<Vec<_>>();
         Ok(TileInputBlob {
             row0,
             col0,

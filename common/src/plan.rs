@@ -29,6 +29,36 @@ pub fn tile_rows_for_budget(step_budget: usize) -> Option<usize> {
         .max()
 }
 
+/// Peak memory of a worker proving one tile of `rows` rows at the production profile, in bytes.
+///
+/// Proving pads every component to a power of two rows, so a tile costs what the smallest
+/// efficient height (2^k − 2) at or above it costs. Measured on x86-64 (`starkscale bench
+/// kernel`, `docs/bench.md`): 62 rows 2.31 GB, 126 rows 2.72 GB, 254 rows 3.56 GB, 510 rows
+/// 6.38 GB. 1022 rows is not measured: 12.0 GB extrapolates the doubling from 254 to 510.
+pub fn tile_peak_bytes(rows: usize) -> u64 {
+    const PEAKS: [(usize, u64); 5] = [
+        (62, 2_310_000_000),
+        (126, 2_720_000_000),
+        (254, 3_560_000_000),
+        (510, 6_380_000_000),
+        (MAX_TILE_ROWS, 12_000_000_000),
+    ];
+    PEAKS
+        .iter()
+        .find(|(height, _)| rows <= *height)
+        .map_or(u64::MAX, |&(_, peak)| peak)
+}
+
+/// The tallest tile a worker with `memory` bytes can prove, with 10% to spare (peaks vary by a
+/// few percent between runs): what the largest `tile_rows` a job may ask for follows from the
+/// worker memory a deployment declares.
+pub fn max_tile_rows_for_memory(memory: u64) -> usize {
+    (1..=MAX_TILE_ROWS)
+        .rev()
+        .find(|&rows| tile_peak_bytes(rows).saturating_add(tile_peak_bytes(rows) / 10) <= memory)
+        .unwrap_or(0)
+}
+
 /// One tile of a plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TileSpec {
@@ -165,6 +195,20 @@ impl TilePlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tile_height_follows_worker_memory() {
+        const GIB: u64 = 1 << 30;
+        // The shipped workers (4 GiB) take the default tile and nothing padded past it.
+        assert_eq!(max_tile_rows_for_memory(4 * GIB), DEFAULT_TILE_ROWS);
+        assert_eq!(max_tile_rows_for_memory(3 * GIB), 126);
+        assert_eq!(max_tile_rows_for_memory(6 * GIB), 254);
+        assert_eq!(max_tile_rows_for_memory(8 * GIB), 510);
+        assert_eq!(max_tile_rows_for_memory(16 * GIB), MAX_TILE_ROWS);
+        assert_eq!(max_tile_rows_for_memory(GIB), 0);
+        // 256 rows pad to 510's size.
+        assert_eq!(tile_peak_bytes(256), tile_peak_bytes(510));
+    }
 
     #[test]
     fn tiles_cover_the_matrix_exactly_once() {

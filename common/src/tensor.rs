@@ -1,8 +1,10 @@
 //! Integer matrices and vectors, and the two file formats users hand us: JSON arrays and NumPy
 //! `.npy` (little-endian integer dtypes, C order).
 //!
-//! Values are stored as `i64` whatever the dtype, so range checks happen once, at load time,
-//! against the dtype the user declared.
+//! Entries are held as `i8`, the one dtype jobs take (one byte per entry, however large the
+//! matrix), range-checked once, as they are read: JSON is read straight into one int8 buffer
+//! ([`Inline8`], no nested vectors of wide integers on the way) and `.npy` entries are decoded
+//! into it.
 
 use std::fmt;
 use std::path::Path;
@@ -77,16 +79,15 @@ impl Dtype {
         }
     }
 
-    /// `value`, entry `index` of an input, if it is within the dtype's range.
-    pub fn check(self, value: i128, index: usize) -> Result<i64, TensorError> {
-        if value < self.min() as i128 || value > self.max() as i128 {
-            return Err(TensorError::OutOfRange {
+    /// `value`, entry `index` of an input, as held (int8), if it is within the dtype's range.
+    pub fn check(self, value: i128, index: usize) -> Result<i8, TensorError> {
+        match self {
+            Dtype::I8 => i8::try_from(value).map_err(|_| TensorError::OutOfRange {
                 value,
                 index,
                 dtype: self,
-            });
+            }),
         }
-        Ok(value as i64)
     }
 }
 
@@ -104,16 +105,11 @@ pub struct Matrix {
     rows: usize,
     cols: usize,
     dtype: Dtype,
-    data: Vec<i64>,
+    data: Vec<i8>,
 }
 
 impl Matrix {
-    pub fn new(
-        rows: usize,
-        cols: usize,
-        dtype: Dtype,
-        data: Vec<i64>,
-    ) -> Result<Self, TensorError> {
+    pub fn new(rows: usize, cols: usize, dtype: Dtype, data: Vec<i8>) -> Result<Self, TensorError> {
         if rows == 0 || cols == 0 {
             return Err(TensorError::Shape(format!(
                 "a matrix needs at least one row and one column, got {rows}x{cols}"
@@ -125,9 +121,6 @@ impl Matrix {
                 rows.saturating_mul(cols),
                 data.len()
             )));
-        }
-        for (i, &v) in data.iter().enumerate() {
-            dtype.check(v as i128, i)?;
         }
         Ok(Matrix {
             rows,
@@ -147,13 +140,17 @@ impl Matrix {
         self.dtype
     }
     pub fn get(&self, row: usize, col: usize) -> i64 {
-        self.data[row * self.cols + col]
+        i64::from(self.data[row * self.cols + col])
     }
-    pub fn row(&self, row: usize) -> &[i64] {
+    pub fn row(&self, row: usize) -> &[i8] {
         &self.data[row * self.cols..(row + 1) * self.cols]
     }
-    pub fn data(&self) -> &[i64] {
+    pub fn data(&self) -> &[i8] {
         &self.data
+    }
+    /// The entries, row-major, giving up the matrix.
+    pub fn into_data(self) -> Vec<i8> {
+        self.data
     }
 
     /// The sub-matrix `[row0, row0 + rows) x [col0, col0 + cols)`, clipped to the matrix.
@@ -182,7 +179,10 @@ impl Matrix {
             )));
         }
         Ok((0..self.rows)
-            .map(|r| self.row(r).iter().zip(x.data()).map(|(a, b)| a * b).sum())
+            .map(|r| {
+                let row = self.row(r).iter().zip(x.data());
+                row.map(|(&a, &b)| i64::from(a) * i64::from(b)).sum()
+            })
             .collect())
     }
 
@@ -216,10 +216,7 @@ impl Matrix {
     }
 
     pub fn from_json(bytes: &[u8], dtype: Dtype) -> Result<Matrix, TensorError> {
-        // i128, so that values past i64 are reported as out of range rather than as bad JSON.
-        let rows: Vec<Vec<i128>> =
-            serde_json::from_slice(bytes).map_err(|e| TensorError::Json(e.to_string()))?;
-        Matrix::from_rows(&rows, dtype)
+        Inline8::from_json(bytes)?.into_matrix(dtype)
     }
 
     /// A matrix from equal-length rows, each value range-checked against `dtype`.
@@ -249,18 +246,15 @@ impl Matrix {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vector {
     dtype: Dtype,
-    data: Vec<i64>,
+    data: Vec<i8>,
 }
 
 impl Vector {
-    pub fn new(dtype: Dtype, data: Vec<i64>) -> Result<Self, TensorError> {
+    pub fn new(dtype: Dtype, data: Vec<i8>) -> Result<Self, TensorError> {
         if data.is_empty() {
             return Err(TensorError::Shape(
                 "a vector needs at least one entry".into(),
             ));
-        }
-        for (i, &v) in data.iter().enumerate() {
-            dtype.check(v as i128, i)?;
         }
         Ok(Vector { dtype, data })
     }
@@ -273,7 +267,7 @@ impl Vector {
     pub fn dtype(&self) -> Dtype {
         self.dtype
     }
-    pub fn data(&self) -> &[i64] {
+    pub fn data(&self) -> &[i8] {
         &self.data
     }
     /// Entries `[start, start + len)`, clipped to the vector.
@@ -315,14 +309,295 @@ impl Vector {
     }
 
     pub fn from_json(bytes: &[u8], dtype: Dtype) -> Result<Vector, TensorError> {
-        let values: Vec<i128> =
-            serde_json::from_slice(bytes).map_err(|e| TensorError::Json(e.to_string()))?;
-        let data = values
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| dtype.check(v, i))
-            .collect::<Result<Vec<_>, _>>()?;
-        Vector::new(dtype, data)
+        Inline8::from_json(bytes)?.into_vector(dtype)
+    }
+}
+
+/// An int8 array as JSON writes it: an array of integers (one dimension) or of equal-length
+/// rows of integers (two), read straight into one int8 buffer. Every entry is range-checked and
+/// every row's length compared with the first's as it is read, so a job's inline values are
+/// parsed once, held at one byte each, and never pass through nested vectors of wide integers.
+/// Shape rules beyond that (empty arrays, which dimension a job needs) are checked when it
+/// becomes a [`Matrix`] or [`Vector`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Inline8 {
+    /// Rows of a two-dimensional array; `None` for one dimension.
+    pub rows: Option<usize>,
+    /// Entries per row (all entries, for one dimension).
+    pub cols: usize,
+    pub data: Vec<i8>,
+}
+
+impl Inline8 {
+    /// A one-dimensional array.
+    pub fn vector(data: Vec<i8>) -> Inline8 {
+        Inline8 {
+            rows: None,
+            cols: data.len(),
+            data,
+        }
+    }
+
+    /// A two-dimensional array of `cols` entries per row.
+    pub fn matrix(rows: usize, cols: usize, data: Vec<i8>) -> Inline8 {
+        Inline8 {
+            rows: Some(rows),
+            cols,
+            data,
+        }
+    }
+
+    /// Parses JSON, reporting a range or row-length error as itself rather than as bad JSON.
+    pub fn from_json(bytes: &[u8]) -> Result<Inline8, TensorError> {
+        take_inline_failure();
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let parsed = Inline8::deserialize_named("array", &mut de).and_then(|array| {
+            de.end()?;
+            Ok(array)
+        });
+        parsed.map_err(|e| match take_inline_failure() {
+            Some((_, tensor)) => tensor,
+            None => TensorError::Json(e.to_string()),
+        })
+    }
+
+    /// Deserializes the input called `what`; a range or row-length error is also left for
+    /// [`take_inline_failure`] under that name.
+    pub fn deserialize_named<'de, D: serde::Deserializer<'de>>(
+        what: &'static str,
+        deserializer: D,
+    ) -> Result<Inline8, D::Error> {
+        serde::de::DeserializeSeed::deserialize(ArraySeed { what }, deserializer)
+    }
+
+    /// As a matrix: two dimensions, at least one row and one column.
+    pub fn into_matrix(self, dtype: Dtype) -> Result<Matrix, TensorError> {
+        match self.rows {
+            Some(rows) => Matrix::new(rows, self.cols, dtype, self.data),
+            None if self.data.is_empty() => Matrix::new(0, 0, dtype, self.data),
+            None => Err(TensorError::Shape(
+                "expected an array of rows, got an array of numbers".into(),
+            )),
+        }
+    }
+
+    /// As a vector: one dimension.
+    pub fn into_vector(self, dtype: Dtype) -> Result<Vector, TensorError> {
+        match self.rows {
+            None => Vector::new(dtype, self.data),
+            Some(_) => Err(TensorError::Shape(
+                "expected an array of numbers, got an array of rows".into(),
+            )),
+        }
+    }
+}
+
+impl Serialize for Inline8 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self.rows {
+            None => serializer.collect_seq(&self.data),
+            Some(rows) => {
+                let mut seq = serializer.serialize_seq(Some(rows))?;
+                if self.cols == 0 {
+                    for _ in 0..rows {
+                        seq.serialize_element(&[0i8; 0])?;
+                    }
+                } else {
+                    for row in self.data.chunks(self.cols) {
+                        seq.serialize_element(row)?;
+                    }
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Inline8 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Inline8::deserialize_named("array", deserializer)
+    }
+}
+
+thread_local! {
+    /// The range or row-length error that ended the last failed inline read on this thread,
+    /// with the input's name. serde's errors carry text only; this lets a caller report the
+    /// error as the input's own (`invalid a: …`) rather than as malformed JSON.
+    static INLINE_FAILURE: std::cell::RefCell<Option<(&'static str, TensorError)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Takes (and clears) the error left by the last failed inline read on this thread; call it
+/// once before a parse to clear, and after a failed one to learn why.
+pub fn take_inline_failure() -> Option<(&'static str, TensorError)> {
+    INLINE_FAILURE.with(|slot| slot.borrow_mut().take())
+}
+
+/// Reads an [`Inline8`] named `what`.
+struct ArraySeed {
+    what: &'static str,
+}
+
+impl ArraySeed {
+    fn fail<E: serde::de::Error>(&self, error: TensorError) -> E {
+        let message = format!("{}: {error}", self.what);
+        INLINE_FAILURE.with(|slot| *slot.borrow_mut() = Some((self.what, error)));
+        E::custom(message)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ArraySeed {
+    type Value = Inline8;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Inline8, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ArraySeed {
+    type Value = Inline8;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of int8 entries, or of equal-length rows of them")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Inline8, A::Error> {
+        // The first element decides the dimension: a number, or a row.
+        let mut array = Inline8::default();
+        let first = seq.next_element_seed(Entry {
+            array: &mut array,
+            seed: &self,
+        })?;
+        if first.is_none() {
+            return Ok(array);
+        }
+        loop {
+            let next = match array.rows {
+                None => seq.next_element_seed(Number {
+                    array: &mut array,
+                    seed: &self,
+                })?,
+                Some(_) => seq.next_element_seed(Row {
+                    array: &mut array,
+                    seed: &self,
+                    first_row: false,
+                })?,
+            };
+            if next.is_none() {
+                break;
+            }
+        }
+        if array.rows.is_none() {
+            array.cols = array.data.len();
+        }
+        Ok(array)
+    }
+}
+
+/// The first element of an array: a number (one dimension) or the first row (two).
+struct Entry<'a> {
+    array: &'a mut Inline8,
+    seed: &'a ArraySeed,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Entry<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Entry<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an int8 entry or a row of them")
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        push(self.array, self.seed, i128::from(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        push(self.array, self.seed, i128::from(v))
+    }
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<(), E> {
+        push(self.array, self.seed, v)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        Row {
+            array: self.array,
+            seed: self.seed,
+            first_row: true,
+        }
+        .visit_seq(seq)
+    }
+}
+
+/// One entry of a one-dimensional array.
+struct Number<'a> {
+    array: &'a mut Inline8,
+    seed: &'a ArraySeed,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Number<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        // i128, so that values past i64 are reported as out of range rather than as bad JSON.
+        let value = i128::deserialize(deserializer)?;
+        push(self.array, self.seed, value)
+    }
+}
+
+/// One row of a two-dimensional array; the first sets the row length.
+struct Row<'a> {
+    array: &'a mut Inline8,
+    seed: &'a ArraySeed,
+    first_row: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Row<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Row<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a row of int8 entries")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let row = self.array.rows.unwrap_or(0);
+        let start = self.array.data.len();
+        while let Some(value) = seq.next_element::<i128>()? {
+            push(self.array, self.seed, value)?;
+        }
+        let len = self.array.data.len() - start;
+        if self.first_row {
+            self.array.cols = len;
+        } else if len != self.array.cols {
+            return Err(self.seed.fail(TensorError::Shape(format!(
+                "row {row} has {len} entries, row 0 has {}",
+                self.array.cols
+            ))));
+        }
+        self.array.rows = Some(row + 1);
+        Ok(())
+    }
+}
+
+fn push<E: serde::de::Error>(array: &mut Inline8, seed: &ArraySeed, value: i128) -> Result<(), E> {
+    let index = array.data.len();
+    match Dtype::I8.check(value, index) {
+        Ok(v) => {
+            array.data.push(v);
+            Ok(())
+        }
+        Err(e) => Err(seed.fail(e)),
     }
 }
 
@@ -355,7 +630,7 @@ pub mod npy {
     pub const MAGIC: &[u8] = b"\x93NUMPY";
 
     /// Returns (shape, values), each value range-checked against `dtype`.
-    pub fn parse(bytes: &[u8], dtype: Dtype) -> Result<(Vec<usize>, Vec<i64>), TensorError> {
+    pub fn parse(bytes: &[u8], dtype: Dtype) -> Result<(Vec<usize>, Vec<i8>), TensorError> {
         parse_checked(bytes, |v, i| dtype.check(v, i))
     }
 
@@ -402,10 +677,10 @@ pub mod npy {
         Ok((shape, values))
     }
 
-    fn parse_checked(
+    fn parse_checked<T>(
         bytes: &[u8],
-        check: impl Fn(i128, usize) -> Result<i64, TensorError>,
-    ) -> Result<(Vec<usize>, Vec<i64>), TensorError> {
+        check: impl Fn(i128, usize) -> Result<T, TensorError>,
+    ) -> Result<(Vec<usize>, Vec<T>), TensorError> {
         let header = Header::parse(bytes)?;
         let body = &bytes[header.data_start..];
         if Some(body.len()) != header.data_bytes() {
@@ -512,12 +787,12 @@ pub mod npy {
 
         /// Decodes whole entries of `body`, the first being entry `first` of the array (for
         /// the index `check` reports).
-        pub fn decode(
+        pub fn decode<T>(
             &self,
             body: &[u8],
             first: usize,
-            check: impl Fn(i128, usize) -> Result<i64, TensorError>,
-        ) -> Result<Vec<i64>, TensorError> {
+            check: impl Fn(i128, usize) -> Result<T, TensorError>,
+        ) -> Result<Vec<T>, TensorError> {
             let width = self.width;
             let mut values = Vec::with_capacity(body.len() / width);
             for (i, chunk) in body.chunks_exact(width).enumerate() {
@@ -545,10 +820,10 @@ pub mod npy {
         out
     }
 
-    /// Serializes a C-order little-endian int8 array (used by tests and `bench`).
-    pub fn write_i8(shape: &[usize], values: &[i64]) -> Vec<u8> {
+    /// Serializes a C-order int8 array.
+    pub fn write_i8(shape: &[usize], values: &[i8]) -> Vec<u8> {
         let mut out = header(shape, "|i1");
-        out.extend(values.iter().map(|&v| v as i8 as u8));
+        out.extend(values.iter().map(|&v| v as u8));
         out
     }
 
@@ -607,7 +882,7 @@ mod tests {
 
     #[test]
     fn npy_round_trip_and_range() {
-        let values: Vec<i64> = vec![-128, -1, 0, 1, 127, 5];
+        let values: Vec<i8> = vec![-128, -1, 0, 1, 127, 5];
         let bytes = npy::write_i8(&[2, 3], &values);
         let (shape, parsed) = npy::parse(&bytes, Dtype::I8).unwrap();
         assert_eq!(shape, vec![2, 3]);
@@ -663,6 +938,66 @@ mod tests {
         let x = Vector::new(Dtype::I8, vec![-1, 1]).unwrap();
         assert_eq!(m.matvec(&x).unwrap(), vec![1, 1, 1]);
         let t = m.tile(1, 1, 5, 5);
-        assert_eq!((t.rows(), t.cols(), t.data()), (2, 1, &[4i64, 6][..]));
+        assert_eq!((t.rows(), t.cols(), t.data()), (2, 1, &[4i8, 6][..]));
+    }
+
+    #[test]
+    fn inline_arrays_are_read_once_into_int8_with_their_errors_named() {
+        let m = Inline8::from_json(b"[[1, -2, 3], [127, -128, 0]]").unwrap();
+        assert_eq!(m, Inline8::matrix(2, 3, vec![1, -2, 3, 127, -128, 0]));
+        let v = Inline8::from_json(b" [5, -6, 7] ").unwrap();
+        assert_eq!(v, Inline8::vector(vec![5, -6, 7]));
+        // Both shapes write back as they were read.
+        for array in [&m, &v] {
+            let json = serde_json::to_vec(array).unwrap();
+            assert_eq!(&Inline8::from_json(&json).unwrap(), array);
+        }
+        assert_eq!(
+            serde_json::to_string(&Inline8::matrix(2, 0, Vec::new())).unwrap(),
+            "[[],[]]"
+        );
+        assert!(matches!(
+            Inline8::from_json(b"[[1, 2], [3, 400]]"),
+            Err(TensorError::OutOfRange {
+                value: 400,
+                index: 3,
+                ..
+            })
+        ));
+        assert!(matches!(
+            Inline8::from_json(b"[1, 99999999999999999999999]"),
+            Err(TensorError::OutOfRange { index: 1, .. })
+        ));
+        let ragged = Inline8::from_json(b"[[1, 2], [3]]").unwrap_err();
+        assert_eq!(
+            ragged.to_string(),
+            "shape error: row 1 has 1 entries, row 0 has 2"
+        );
+        for bad in [
+            &b"[[1], 2]"[..],
+            b"[1, [2]]",
+            b"[[[1]]]",
+            b"[1.5]",
+            b"{}",
+            b"[1] x",
+        ] {
+            assert!(
+                matches!(Inline8::from_json(bad), Err(TensorError::Json(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Shape rules apply when the array becomes what a job needs.
+        assert!(Inline8::from_json(b"[]")
+            .unwrap()
+            .into_matrix(Dtype::I8)
+            .is_err());
+        assert!(Inline8::from_json(b"[[]]")
+            .unwrap()
+            .into_matrix(Dtype::I8)
+            .is_err());
+        assert!(v.clone().into_matrix(Dtype::I8).is_err());
+        assert!(m.clone().into_vector(Dtype::I8).is_err());
+        assert_eq!(m.into_matrix(Dtype::I8).unwrap().get(1, 1), -128);
     }
 }

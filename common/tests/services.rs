@@ -9,7 +9,7 @@ use starkscale_common::broker::{
     AmqpBroker, Broker, BrokerError, Consumer, Delivery, Headers, Topology, DELIVERY_LIMIT,
 };
 use starkscale_common::config::{unique_prefix, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
-use starkscale_common::store::{MemoryStore, RedisStore, Store};
+use starkscale_common::store::{parts, MemoryStore, RedisStore, Store};
 
 async fn next(consumer: &mut Consumer) -> Delivery {
     tokio::time::timeout(Duration::from_secs(10), consumer.next())
@@ -267,4 +267,27 @@ async fn values_are_appended_and_read_by_ranges_with_their_ttl() {
     let key = unique_prefix("append");
     check(RedisStore::connect(DEFAULT_REDIS_URL).await.unwrap(), &key).await;
     check(MemoryStore::new(), &key).await;
+}
+
+/// A value stored in parts comes back whole from Redis, with no part over the part size and
+/// every part carrying the TTL.
+#[tokio::test]
+async fn a_value_in_parts_round_trips_through_redis() {
+    let store = RedisStore::connect(DEFAULT_REDIS_URL).await.unwrap();
+    let key = unique_prefix("parts");
+    let value: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let manifest = parts::put_parts(&store, &key, &value, 30_000, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(manifest.parts, 4);
+    let mut keys = vec![key.clone()];
+    for part in 0..manifest.parts {
+        let part_key = parts::part_key(&key, part);
+        assert!(store.len(&part_key).await.unwrap() <= 30_000);
+        assert!(store.ttl(&part_key).await.unwrap().is_some());
+        keys.push(part_key);
+    }
+    let read = parts::get_parts(&store, &key, 100_000).await.unwrap();
+    assert_eq!(read.as_deref(), Some(&value[..]));
+    store.delete(&keys).await.unwrap();
 }

@@ -121,7 +121,8 @@ impl Batch {
             runtime,
         };
         let row = reader.read(0, 1)?;
-        let values: Vec<i64> = (0..row.width()).map(|c| row.get(0, c)).collect();
+        // The reader range-checked every entry as int8.
+        let values: Vec<i8> = (0..row.width()).map(|c| row.get(0, c) as i8).collect();
         Vector::new(Dtype::I8, values)
             .map_err(|source| JobError::Input { what: "x", source }.into())
     }
@@ -352,8 +353,9 @@ pub(crate) fn cut_inference<S: Store>(
     let inference = Inference::new(model, x).map_err(|e| JobError::Model(e.to_string()))?;
     let logits = inference.logits();
     let (b, classes) = (logits.height(), logits.width());
-    let values: Vec<i64> = (0..b * classes)
-        .map(|i| logits.get(i / classes, i % classes))
+    // Logits are int8 (each layer requantizes to int8).
+    let values: Vec<i8> = (0..b * classes)
+        .map(|i| logits.get(i / classes, i % classes) as i8)
         .collect();
     let y_key = options.keys.y(options.job_id);
     runtime.block_on(store.put(&y_key, &npy::write_i8(&[b, classes], &values), ttl))?;

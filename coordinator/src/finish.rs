@@ -4,7 +4,8 @@
 //!    here on the outcome does not change, whoever completes it;
 //! 2. **certificate** (on success): every accepted proof, assembled off the loop (a matvec
 //!    certificate, a batch certificate whose Y was stored at planning, or an inference
-//!    certificate whose logits were), **verified as a whole**, then stored. Nothing read back
+//!    certificate whose logits were), **verified as a whole**, then stored in parts
+//!    ([`starkscale_common::store::parts`]: no value over 16 MiB, whatever the job). Nothing read back
 //!    from the store is trusted: each proof must still be the bytes verified on acceptance (its
 //!    digest in the task record), and the assembled certificate must pass the same checks
 //!    `starkscale verify` makes (all but the STARKs, which those digests bind to the ones
@@ -33,6 +34,7 @@ use starkscale_common::messages::{
     proof_digest, unix_ms, Ending, JobResult, JobStatus, TaskTiming,
 };
 use starkscale_common::metrics;
+use starkscale_common::store::parts::{self, PART_BYTES};
 use starkscale_common::store::Store;
 use starkscale_common::tensor::npy;
 use tracing::{info, warn};
@@ -91,11 +93,11 @@ impl<B: Broker, S: Store> Coordinator<B, S> {
                     y,
                     y_npy,
                 } => {
+                    // In parts: a large job's certificate outgrows one Redis value.
                     let key = self.svc.keys.certificate(job_id);
-                    self.svc
-                        .store
-                        .put(&key, &certificate, self.svc.ttl())
-                        .await?;
+                    let store = &self.svc.store;
+                    parts::put_parts(store, &key, &certificate, PART_BYTES, self.svc.ttl()).await?;
+                    drop(certificate);
                     if let Some(npy) = y_npy {
                         let y_key = self.svc.keys.y(job_id);
                         self.svc.store.put(&y_key, &npy, self.svc.ttl()).await?;

@@ -23,14 +23,14 @@ use starkscale_cairo::layer::Model;
 use starkscale_common::broker::Delivery;
 use starkscale_common::data_dir::DataDir;
 use starkscale_common::job::{
-    check_batch_shapes, check_vector_shapes, InlineX, JobError, JobKind, MatrixInput, ModelInput,
-    Operand, Request, VectorInput, MAX_BATCH_DIM,
+    check_batch_shapes, check_vector_shapes, JobError, JobKind, MatrixInput, ModelInput, Operand,
+    Request, VectorInput, MAX_BATCH_DIM,
 };
 use starkscale_common::messages::{unix_ms, JobProgress, JobRecord, JobResult, JobStatus};
 use starkscale_common::metrics;
 use starkscale_common::store::Store;
 use starkscale_common::tensor::MAX_INPUT_BYTES;
-use starkscale_common::{Dtype, JobLimits, JobSpec, Matrix, Vector};
+use starkscale_common::{Dtype, JobLimits, JobSpec};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
@@ -385,12 +385,12 @@ fn load_model_inputs(
 ) -> Result<Rows, JobError> {
     let input = |source| JobError::Input { what: "x", source };
     let x = match (&spec.x, fetched) {
-        (VectorInput::Inline(InlineX::Batch(rows)), _) => {
-            let m = Matrix::from_rows(rows, Dtype::I8).map_err(input)?;
+        (VectorInput::Inline(inline), _) if inline.rows.is_some() => {
+            let m = inline.clone().into_matrix(Dtype::I8).map_err(input)?;
             Rows::int8(m.cols(), m.data())
         }
-        (VectorInput::Inline(InlineX::Vector(values)), _) => {
-            let v = Vector::new(Dtype::I8, values.clone()).map_err(input)?;
+        (VectorInput::Inline(inline), _) => {
+            let v = inline.clone().into_vector(Dtype::I8).map_err(input)?;
             Rows::int8(v.len(), v.data())
         }
         (_, Some(bytes)) => model_inputs(bytes, model).map_err(input)?,

@@ -104,6 +104,10 @@ pub struct CoordinatorConfig {
     /// Largest model file an inference job may name, in bytes.
     #[arg(long, env = "STARKSCALE_MAX_MODEL_BYTES", default_value_t = 256 << 20)]
     pub max_model_bytes: usize,
+    /// Memory each worker has to prove in, in GiB (what the deployment gives its workers): the
+    /// tallest tile a job may ask for follows from it (4 GiB: 254 rows, 8 GiB: 510).
+    #[arg(long, env = "STARKSCALE_WORKER_MEMORY_GIB", default_value_t = 4.0)]
+    pub worker_memory_gib: f64,
     /// Children per reduce node: a job of up to this many tiles is reduced by one proof.
     #[arg(long, env = "STARKSCALE_FAN_IN", default_value_t = DEFAULT_FAN_IN)]
     pub fan_in: usize,
@@ -135,6 +139,7 @@ impl CoordinatorConfig {
             allow_test_profile: false,
             max_job_bytes: 64 << 20,
             max_model_bytes: 256 << 20,
+            worker_memory_gib: 4.0,
             data_dir: ".".into(),
             plan_block_entries: 1 << 20,
             fan_in: DEFAULT_FAN_IN,
@@ -237,6 +242,20 @@ async fn serve_with<B: Broker, S: Store>(
     served
 }
 
+impl CoordinatorConfig {
+    /// The limits jobs are held to.
+    pub fn limits(&self) -> JobLimits {
+        let worker_memory = (self.worker_memory_gib.max(0.0) * (1u64 << 30) as f64) as u64;
+        JobLimits {
+            max_job_bytes: self.max_job_bytes,
+            max_model_bytes: self.max_model_bytes,
+            max_tile_rows: starkscale_common::plan::max_tile_rows_for_memory(worker_memory),
+            worker_memory: Some(worker_memory),
+            ..JobLimits::default()
+        }
+    }
+}
+
 /// What every part of the coordinator, on the loop or spawned, works with.
 #[derive(Clone)]
 pub(crate) struct Services<B, S> {
@@ -261,11 +280,7 @@ impl<B: Broker, S: Store> Services<B, S> {
         Services {
             data_dir,
             keys: Keys::new(config.fleet.prefix.clone()),
-            limits: JobLimits {
-                max_job_bytes: config.max_job_bytes,
-                max_model_bytes: config.max_model_bytes,
-                ..JobLimits::default()
-            },
+            limits: config.limits(),
             config: Arc::new(config.clone()),
             broker,
             store,

@@ -25,9 +25,8 @@ fn test_x() -> (Vec<usize>, Vec<f32>) {
 }
 
 fn labels() -> Vec<i64> {
-    npy::parse(&read("digits-test-labels.npy"), Dtype::I8)
-        .expect("labels")
-        .1
+    let labels = npy::parse(&read("digits-test-labels.npy"), Dtype::I8).expect("labels");
+    labels.1.into_iter().map(i64::from).collect()
 }
 
 fn argmax(row: &[i64]) -> usize {
@@ -74,6 +73,7 @@ fn every_form_matches_onnxruntime_within_one_step() {
         let (oshape, ort) =
             npy::parse(&read(&format!("{form}-int8-logits.npy")), Dtype::I8).expect("ort logits");
         assert_eq!(oshape, vec![450, 10]);
+        let ort: Vec<i64> = ort.into_iter().map(i64::from).collect();
         let ours: Vec<i64> = (0..450)
             .flat_map(|j| (0..10).map(move |i| (j, i)))
             .map(|(j, i)| logits.get(j, i))

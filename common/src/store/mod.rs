@@ -6,8 +6,10 @@
 //! Every write carries a TTL, since nothing else would ever free a job's keys, and writes are
 //! keyed deterministically, so a redelivered task overwrites or no-ops instead of double-counting.
 //! [`Store::put_if_absent`] is the compare-and-set a claim needs (duplicate submissions).
+//! [`parts`] stores a value too large for one store value (a job certificate) as parts.
 
 mod memory;
+pub mod parts;
 mod redis;
 
 use std::future::Future;
