@@ -18,7 +18,7 @@ use starkscale_common::broker::{AmqpBroker, Broker, BrokerError, Headers, Topolo
 use starkscale_common::config::unique_prefix;
 use starkscale_common::messages::Keys;
 use starkscale_common::store::{RedisStore, Store, StoreError};
-use support::{clean_up, native_y, starkscale_with, Service};
+use support::{clean_up, prove_inline_job, starkscale_with};
 
 const TTL: Duration = Duration::from_secs(300);
 
@@ -340,44 +340,11 @@ fn each_role_may_do_only_its_part_and_a_fleet_of_such_accounts_proves_a_job() {
             ("STARKSCALE_REDIS_URL", redis.to_string()),
         ]
     };
-    let logs = tempfile::tempdir().unwrap();
-    let _coordinator = Service::start_logged(
-        &["coordinator", "--allow-test-profile"],
+    prove_inline_job(
         &prefix,
         &service_env(&coordinator_amqp, &coordinator_redis),
-        &logs.path().join("coordinator.log"),
-    );
-    let _worker = Service::start_logged(
-        &["worker", "--profile", "test"],
-        &prefix,
         &service_env(&worker_amqp, &worker_redis),
-        &logs.path().join("worker.log"),
-    );
-    let spec_path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/job-inline.json");
-    let out = starkscale_with(
-        &[
-            "submit",
-            spec_path,
-            "--wait",
-            "--allow-test-profile",
-            "--timeout-s",
-            "300",
-        ],
-        &prefix,
         &service_env(&client_amqp, &client_redis),
     );
-    let log = |name: &str| std::fs::read_to_string(logs.path().join(name)).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "{}\ncoordinator:\n{}\nworker:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        log("coordinator.log"),
-        log("worker.log")
-    );
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(spec_path).unwrap()).unwrap();
-    assert_eq!(result["status"], "succeeded");
-    assert_eq!(result["y"], native_y(&spec));
     clean_up(&prefix, &["example-inline"]);
 }

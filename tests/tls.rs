@@ -17,7 +17,7 @@ use starkscale_common::config::unique_prefix;
 use starkscale_common::store::{RedisStore, Store};
 use starkscale_common::tls::{Tls, TlsOptions};
 use support::faults::{SpareRabbit, SpareRedis, TlsListener};
-use support::{native_y, starkscale_with, Service};
+use support::{prove_inline_job, starkscale_with};
 
 /// A CA and what it signs, as PEM files in a directory.
 struct Pki {
@@ -178,42 +178,7 @@ fn a_fleet_proves_a_job_over_tls_and_wrong_material_is_refused() {
 
     // Coordinator, worker and client processes, all over TLS with client certificates.
     let env = ours.env(&amqp_url, &redis_url);
-    let logs = tempfile::tempdir().unwrap();
-    let _coordinator = Service::start_logged(
-        &["coordinator", "--allow-test-profile"],
-        &prefix,
-        &env,
-        &logs.path().join("coordinator.log"),
-    );
-    let _worker = Service::start_logged(
-        &["worker", "--profile", "test"],
-        &prefix,
-        &env,
-        &logs.path().join("worker.log"),
-    );
-    let spec_path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/job-inline.json");
-    let submit = [
-        "submit",
-        spec_path,
-        "--wait",
-        "--allow-test-profile",
-        "--timeout-s",
-        "300",
-    ];
-    let out = starkscale_with(&submit, &prefix, &env);
-    let log = |name: &str| std::fs::read_to_string(logs.path().join(name)).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "{}\ncoordinator:\n{}\nworker:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        log("coordinator.log"),
-        log("worker.log")
-    );
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(spec_path).unwrap()).unwrap();
-    assert_eq!(result["status"], "succeeded");
-    assert_eq!(result["y"], native_y(&spec));
+    prove_inline_job(&prefix, &env, &env, &env);
 
     // A client that does not name the CA is told why it cannot connect.
     let without_ca: Vec<_> = env

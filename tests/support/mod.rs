@@ -107,6 +107,53 @@ pub fn starkscale_with(
         .unwrap()
 }
 
+/// Coordinator, worker and client processes, each with its own environment, prove
+/// `examples/job-inline.json` (test profile); the client's `submit --wait` verifies the
+/// certificate, and y must be the native product. Logs are shown if it fails.
+pub fn prove_inline_job(
+    prefix: &str,
+    coordinator: &[(&str, String)],
+    worker: &[(&str, String)],
+    client: &[(&str, String)],
+) {
+    let logs = tempfile::tempdir().unwrap();
+    let _coordinator = Service::start_logged(
+        &["coordinator", "--allow-test-profile"],
+        prefix,
+        coordinator,
+        &logs.path().join("coordinator.log"),
+    );
+    let _worker = Service::start_logged(
+        &["worker", "--profile", "test"],
+        prefix,
+        worker,
+        &logs.path().join("worker.log"),
+    );
+    let spec_path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/job-inline.json");
+    let submit = [
+        "submit",
+        spec_path,
+        "--wait",
+        "--allow-test-profile",
+        "--timeout-s",
+        "300",
+    ];
+    let out = starkscale_with(&submit, prefix, client);
+    let log = |name: &str| std::fs::read_to_string(logs.path().join(name)).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\ncoordinator:\n{}\nworker:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log("coordinator.log"),
+        log("worker.log")
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(spec_path).unwrap()).unwrap();
+    assert_eq!(result["status"], "succeeded");
+    assert_eq!(result["y"], native_y(&spec));
+}
+
 /// Deletes the queues of `prefix` and the keys of `jobs`.
 pub fn clean_up(prefix: &str, jobs: &[&str]) {
     use starkscale_common::broker::{AmqpBroker, Topology};

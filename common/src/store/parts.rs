@@ -112,13 +112,14 @@ pub async fn get_parts<S: Store>(
         why,
     };
     let expected_parts = manifest.bytes.div_ceil(manifest.part_bytes.max(1));
-    if manifest.part_bytes == 0 && manifest.bytes > 0
+    if (manifest.part_bytes == 0 && manifest.bytes > 0)
         || manifest.part_bytes > MAX_PART_BYTES
         || u64::from(manifest.parts) != expected_parts
     {
         return Err(PartsError::Manifest { key: key.into() });
     }
-    let mut value = Vec::with_capacity(manifest.bytes as usize);
+    // Grown as parts arrive: a manifest's claim alone never makes a reader allocate.
+    let mut value = Vec::with_capacity(manifest.bytes.min(MAX_PART_BYTES) as usize);
     for part in 0..manifest.parts {
         let part_key = part_key(key, part);
         let len = store.len(&part_key).await?;
